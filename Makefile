@@ -1,0 +1,31 @@
+# Two commands: `make test` (set up + run the test suite) and `make demo`
+# (set up + train the default DiG on the built-in digits, then sample).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch comes from the local wheel cache / PyPI CPU index and is installed
+# before anything else so no dependency can pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# Triton runs the GLA kernels under its CPU interpreter (TRITON_INTERPRET=1) in the tests.
+TRITON_SPEC ?= triton==3.6.0
+
+.PHONY: setup test demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TRITON_SPEC)" || echo "triton not installable here: Triton kernel tests will be skipped"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m gladiff demo
+
+clean:
+	rm -rf $(VENV) runs
