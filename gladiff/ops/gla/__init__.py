@@ -1,0 +1,78 @@
+"""Gated Linear Attention (GLA) as one operator with several backends.
+
+``gla(q, k, v, g)`` computes, per batch and head, along the scan order of the token grid::
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,    o_t = (scale * q_t) S_t
+
+Backends: ``"recurrent"`` (the exact recurrence, the reference), ``"chunk"`` (pure-PyTorch chunked
+parallel form), ``"fla"`` (flash-linear-attention's ``chunk_gla``; optional, CUDA) and ``"auto"``
+(the fastest one available for the inputs' device).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import fla as _fla
+from .chunk import gla_chunk
+from .naive import gla_recurrent
+from .order import SCANS, check_scan, scan_order
+
+BACKENDS = ("auto", "recurrent", "chunk", "fla")
+
+__all__ = ["gla", "BACKENDS", "SCANS", "scan_order", "available_backends", "resolve_backend"]
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device``, fastest first."""
+    device = torch.device(device)
+    names = []
+    if device.type == "cuda" and _fla.available():
+        names.append("fla")
+    names += ["chunk", "recurrent"]
+    return names
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The concrete backend ``backend`` means on ``device`` (``"auto"`` -> the fastest available)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown GLA backend {backend!r}; choose from {BACKENDS}")
+    if backend == "auto":
+        return available_backends(device)[0]
+    if backend == "fla" and not _fla.available():
+        raise ValueError("backend='fla' needs a CUDA device and flash-linear-attention "
+                         "(pip install 'gladiff[fla]')")
+    return backend
+
+
+def gla(q, k, v, g, *, scale=None, scan: str = "row", reverse: bool = False, grid=None,
+        backend: str = "auto"):
+    """Gated linear attention along a scan order of the token grid.
+
+    Args:
+        q, k: ``[B, T, H, dk]`` queries and keys.
+        v: ``[B, T, H, dv]`` values.
+        g: ``[B, T, H, dk]`` log forget gates (<= 0; e.g. ``logsigmoid(.) / 16``).
+        scale: query scale, default ``dk ** -0.5``.
+        scan: ``"row"`` (raster order) or ``"col"`` (column-major order of ``grid``).
+        reverse: scan the order backwards.
+        grid: ``(h, w)`` with ``h * w == T``; needed for ``scan="col"``.
+        backend: one of ``BACKENDS``.
+
+    Returns:
+        ``o: [B, T, H, dv]`` in the same raster token order and dtype as ``v``.
+    """
+    if q.ndim != 4:
+        raise ValueError(f"q must be [B, T, H, dk], got shape {tuple(q.shape)}")
+    if k.shape != q.shape or g.shape != q.shape:
+        raise ValueError(f"q, k and g must share a shape; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, g {tuple(g.shape)}")
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be [B, T, H, dv] with B, T, H of q {tuple(q.shape[:3])}; "
+                         f"got {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    grid = check_scan(q.shape[1], scan, grid)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    backend = resolve_backend(backend, q.device)
+    fn = {"recurrent": gla_recurrent, "chunk": gla_chunk, "fla": _fla.gla_fla}[backend]
+    return fn(q, k, v, g, scale, scan=scan, reverse=bool(reverse), grid=grid)
