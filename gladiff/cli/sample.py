@@ -1,0 +1,86 @@
+"""`gladiff sample`: images from a trained checkpoint, as a PNG grid and/or an ADM ``.npz``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gladiff.train.config import parse_key_values
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample", help="sample a trained checkpoint to a PNG grid / .npz (also under torchrun)",
+        description="Sample class-conditional images from a checkpoint (EMA weights unless --raw-weights). "
+                    "The images for a seed depend on --seed and --batch-size only, not on the number of "
+                    "processes: `torchrun --nproc_per_node=N -m gladiff sample ...` splits the batches.")
+    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest valid checkpoint)")
+    p.add_argument("--out", action="append", required=True,
+                   help="output path, repeatable: *.npz (all samples, arr_0 uint8 [N,H,W,C], arr_1 "
+                        "int64 labels) or *.png (grid of the first --grid-count samples)")
+    n = p.add_mutually_exclusive_group()
+    n.add_argument("--num-samples", type=int, default=None, help="number of samples (default 100)")
+    n.add_argument("--per-class", type=int, default=None,
+                   help="this many samples of every class in --classes (or of every class)")
+    p.add_argument("--classes", default=None,
+                   help="comma-separated class indices, repeated in order (default: random classes, "
+                        "or all classes with --per-class)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (per process)")
+    p.add_argument("--sampler", default=None, help="sampler of the objective (default: its default)")
+    p.add_argument("--steps", default=None, help="sampler steps, e.g. 250 or ddim50 (default: the objective's)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--objective-opt", action="append", metavar="KEY=VALUE", default=None,
+                   help="override an option of the training objective (repeatable)")
+    p.add_argument("--raw-weights", action="store_true", help="sample the raw weights, not the EMA")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="autocast precision of the model while sampling")
+    p.add_argument("--vae", default=None, help="latent models: the VAE (local folder or hub id) to decode "
+                                               "with (default: the one recorded at extraction)")
+    p.add_argument("--grid-count", type=int, default=100, help="samples shown in a .png grid")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: one per class "
+                                                          "listed, else about square)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _steps(value):
+    if value is None:
+        return None
+    return int(value) if str(value).isdigit() else value
+
+
+def run(args: argparse.Namespace) -> int:
+    from gladiff.sample import class_labels, load_trained, make_decoder, sample_images, write_outputs
+    from gladiff.train import parallel
+    from gladiff.train.precision import Precision
+
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
+    dist = parallel.init_distributed(args.device)
+    try:
+        trained = load_trained(args.checkpoint, use_ema=not args.raw_weights, device=dist.device,
+                               objective_opts=parse_key_values(args.objective_opt))
+        k = trained.info["num_classes"]
+        classes = [int(c) for c in args.classes.split(",") if c.strip()] if args.classes else None
+        if args.per_class is not None:
+            classes = classes if classes is not None else list(range(k))
+            n = args.per_class * len(classes)
+        else:
+            n = args.num_samples if args.num_samples is not None else 100
+        labels = class_labels(n, k, classes=classes, seed=args.seed)
+        precision = Precision(args.precision, dist.device)
+        decode = make_decoder(trained.info, dist.device, vae=args.vae)
+        result = sample_images(trained, labels, seed=args.seed, batch_size=args.batch_size,
+                               sampler=args.sampler, steps=_steps(args.steps), cfg_scale=args.cfg_scale,
+                               dist=dist, decode=decode, autocast=precision.autocast,
+                               share_dir=Path(args.out[0]).parent, progress=not args.no_progress)
+        if dist.is_main:
+            images, labels = result
+            nrow = args.nrow or (len(classes) if classes and len(classes) <= 32 else None)
+            for path in write_outputs(args.out, images, labels, args.grid_count, nrow):
+                print(f"wrote {path}")
+    finally:
+        parallel.shutdown(dist)
+    return 0
+

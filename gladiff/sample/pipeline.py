@@ -1,0 +1,84 @@
+"""Sampling a trained model into files, over one process or many (``torchrun``).
+
+Each rank computes its global batches (``generate``), writes its share to a temporary ``.npz``,
+and rank 0 merges the shares in sample-index order and writes the outputs: a PNG grid and/or an
+ADM-format ``.npz``.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gladiff.train import parallel
+from gladiff.train.parallel import Dist
+
+from .generate import generate
+from .images import save_grid, write_npz
+from .load import Trained
+
+
+def sample_images(trained: Trained, labels: torch.Tensor, *, seed: int = 0, batch_size: int = 64,
+                  sampler: str | None = None, steps=None, cfg_scale: float = 1.0, dist: Dist = Dist(),
+                  decode=None, autocast=None, share_dir: str | Path = ".", progress: bool = True):
+    """All samples for ``labels`` (``int64 [N]``) on rank 0 as ``(images uint8 [N, H, W, C],
+    labels int64 [N])``; other ranks return ``None``. With several processes every rank writes
+    its share under ``share_dir`` and rank 0 merges them (then deletes the shares)."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    indices, images = generate(trained.model, trained.objective, labels, trained.sample_shape,
+                               seed=seed, batch_size=batch_size, sampler=sampler, steps=steps,
+                               cfg_scale=cfg_scale, dist=dist, decode=decode, autocast=autocast,
+                               progress=progress)
+    if not dist.distributed:
+        return images, labels.numpy()
+    shares = Path(share_dir) / f".sample-shares-{seed}"
+    if dist.is_main:
+        shutil.rmtree(shares, ignore_errors=True)
+        shares.mkdir(parents=True)
+    parallel.barrier(dist)
+    np.savez(shares / f"rank{dist.rank:05d}.npz", indices=indices, images=images)
+    parallel.barrier(dist)
+    result = None
+    if dist.is_main:
+        result = merge_shares(shares, len(labels)), labels.numpy()
+        shutil.rmtree(shares, ignore_errors=True)
+    parallel.barrier(dist)
+    return result
+
+
+def merge_shares(folder: Path, num_samples: int) -> np.ndarray:
+    """The images of every ``rank*.npz`` share in ``folder``, placed at their sample indices:
+    ``uint8 [num_samples, H, W, C]``; a missing or duplicated index is a ``ValueError``."""
+    out, seen = None, np.zeros(num_samples, dtype=bool)
+    for f in sorted(folder.glob("rank*.npz")):
+        with np.load(f) as share:
+            idx, imgs = share["indices"], share["images"]
+        if len(idx) == 0:
+            continue
+        if out is None:
+            out = np.zeros((num_samples, *imgs.shape[1:]), dtype=np.uint8)
+        if seen[idx].any():
+            raise ValueError(f"sample indices computed twice (share {f.name})")
+        out[idx], seen[idx] = imgs, True
+    if out is None or not seen.all():
+        raise ValueError(f"{(~seen).sum()} of {num_samples} samples are missing from the shares in {folder}")
+    return out
+
+
+def write_outputs(outs, images: np.ndarray, labels: np.ndarray, grid_count: int = 100,
+                  nrow: int | None = None) -> list[Path]:
+    """Write each path of ``outs``: ``.npz`` -> all samples (ADM format); ``.png`` -> a grid of the
+    first ``grid_count`` samples (enlarged so small images stay visible)."""
+    written = []
+    for out in outs:
+        out = Path(out)
+        if out.suffix == ".npz":
+            written.append(write_npz(out, images, labels))
+        elif out.suffix == ".png":
+            shown = images[:grid_count]
+            written.append(save_grid(out, shown, nrow=nrow, scale=max(1, 64 // shown.shape[1])))
+        else:
+            raise ValueError(f"output {out} must end in .npz (sample archive) or .png (grid)")
+    return written

@@ -1,0 +1,153 @@
+"""The training run's configuration: one flat dataclass, a YAML file, and flags on top.
+
+Precedence, lowest first: the dataclass defaults, the YAML file (``--config``), the command-line
+flags the user actually typed. The resolved result is written to ``<run_dir>/config.yaml`` so a run
+folder always says exactly what produced it, and it is stored in every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _opt(default, help: str, **kw):
+    """A config field whose ``help`` becomes the flag's ``--help`` text."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; each field's ``help`` is its ``--help`` text."""
+
+    # --- where
+    run_dir: str = _opt("runs/train", "folder for checkpoints, config.yaml, samples/, metrics")
+    # --- data
+    data: str = _opt("digits", "digits | imagefolder:PATH | latents:PATH")
+    image_size: int = _opt(16, "training resolution in pixels (latents: must match the extraction)")
+    random_flip: bool | None = _opt(None, "random horizontal flips (default: the dataset's own)")
+    num_workers: int = _opt(0, "DataLoader worker processes per rank")
+    # --- model
+    model: str = _opt("DiG-S/2", "model zoo name, e.g. DiG-XL/2 or DiT-S/2")
+    model_opts: dict = _opt({}, "create_model overrides (depth, hidden_size, num_heads, ...)")
+    # --- objective
+    objective: str = _opt("ddpm", "training objective: ddpm | flow")
+    objective_opts: dict = _opt({}, "create_objective options")
+    # --- optimisation
+    steps: int = _opt(400_000, "total optimizer steps of the run")
+    global_batch_size: int = _opt(256, "batch size summed over all processes")
+    lr: float = _opt(1e-4, "AdamW learning rate")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    betas: tuple = _opt((0.9, 0.999), "AdamW betas", nargs=2)
+    warmup_steps: int = _opt(0, "linear learning-rate warm-up steps (0: none)")
+    grad_clip: float = _opt(0.0, "clip the global gradient norm to this (0: no clipping)")
+    precision: str = _opt("auto", "auto (bf16 on CUDA, else fp32) | fp32 | bf16 | fp16")
+    tf32: bool = _opt(True, "allow TF32 matmuls/convolutions on Ampere+ GPUs")
+    ema_decay: float = _opt(0.9999, "EMA decay per step")
+    seed: int = _opt(0, "global seed (weights, data order, noise)")
+    device: str = _opt("auto", "auto | cpu | cuda")
+    # --- observing
+    log_every: int = _opt(100, "steps between logged scalars (bar, TensorBoard, metrics.jsonl)")
+    tensorboard: bool = _opt(True, "TensorBoard scalars under RUN_DIR/tb when tensorboard is installed")
+    sample_every: int = _opt(0, "steps between EMA sample grids RUN_DIR/samples/step-N.png (0: never)")
+    sample_steps: int | None = _opt(None, "sampler steps for those grids (default: the objective's)")
+    sample_cfg: float = _opt(1.0, "guidance scale for those grids")
+    sample_sampler: str | None = _opt(None, "sampler for those grids (default: the objective's)")
+    # --- checkpoints
+    ckpt_every: int = _opt(5000, "steps between checkpoints (also written at the end and on SIGTERM/SIGINT)")
+    keep_ckpts: int = _opt(2, "newest checkpoints kept on disk (0: keep all)")
+    resume: bool = _opt(False, "continue from the newest valid checkpoint in RUN_DIR")
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``ValueError`` naming the first bad field; returns ``self``."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("steps", "global_batch_size", "log_every", "image_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("ckpt_every", "sample_every", "keep_ckpts", "num_workers", "warmup_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if not isinstance(self.model_opts, dict) or not isinstance(self.objective_opts, dict):
+            raise ValueError("model_opts and objective_opts must be mappings")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {self.betas}")
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(d["betas"])  # YAML and checkpoints keep plain lists
+        return d
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (default: the defaults) with ``values`` applied; unknown keys are a ``ValueError``."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown training config keys {unknown}; known keys: {sorted(FIELDS)}")
+    cfg = dataclasses.replace(base or TrainConfig(), **values)
+    cfg.betas = tuple(cfg.betas)
+    cfg.model_opts = dict(cfg.model_opts or {})
+    cfg.objective_opts = dict(cfg.objective_opts or {})
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping stored in a YAML config file (``{}`` for an empty file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}")
+    return values
+
+
+def resolve_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                   base: TrainConfig | None = None) -> TrainConfig:
+    """Defaults (or ``base``) < YAML file < ``overrides`` (the flags the user typed), validated.
+
+    ``model_opts``/``objective_opts`` from the flags are merged key by key into the YAML's.
+    """
+    cfg = base or TrainConfig()
+    if yaml_path is not None:
+        cfg = config_from_dict(load_yaml(yaml_path), cfg)
+    overrides = dict(overrides or {})
+    for key in ("model_opts", "objective_opts"):
+        if key in overrides:
+            overrides[key] = {**getattr(cfg, key), **overrides[key]}
+    return config_from_dict(overrides, cfg).validate()
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (keys in field order)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def parse_key_values(pairs: list[str] | None) -> dict[str, Any]:
+    """``["depth=4", "gla_backend=chunk"]`` -> ``{"depth": 4, "gla_backend": "chunk"}`` (values parsed as YAML)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

@@ -1,0 +1,223 @@
+"""The training loop. Read it top to bottom: every feature is one call into a component.
+
+Components: ``parallel`` (processes, DDP), ``data_order`` (resumable example order), ``precision``
+(autocast, loss scaling, clipping), ``EMA``, ``checkpoint`` (atomic files, resume), ``RunLog``
+(bar, TensorBoard, metrics), ``StopSignals`` (SIGTERM/SIGINT), and ``gladiff.sample`` for grids.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint, parallel
+from .build import build_dataset, build_model, build_objective, data_info, model_spec
+from .config import TrainConfig, save_config
+from .data_order import BatchStream, DataPosition, batch_loader
+from .ema import EMA
+from .observe import RunLog
+from .precision import Precision, set_tf32
+from .signals import StopSignals
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stopped without writing a checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps done
+    checkpoint: Path | None  # the newest checkpoint on disk
+    stopped_by: str = ""  # "SIGTERM"/"SIGINT" when a signal ended the run early
+
+
+def train(cfg: TrainConfig, *, dataset=None, objective=None, model_builder=build_model,
+          progress: bool = True) -> TrainResult:
+    """Train as ``cfg`` says; ``dataset``/``objective``/``model_builder`` replace the ones built
+    from the config (tests pass small stand-ins). Returns where the run ended."""
+    cfg.validate()
+    dist = parallel.init_distributed(cfg.device)
+    try:
+        return _train(cfg, dist, dataset, objective, model_builder, progress)
+    finally:
+        parallel.shutdown(dist)
+
+
+def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResult:
+    run_dir = Path(cfg.run_dir)
+    set_tf32(cfg.tf32)
+    seed_everything(cfg.seed)  # same initial weights on every rank and for every world size
+
+    # ---- what is trained, on what
+    dataset = build_dataset(cfg) if dataset is None else dataset
+    objective = build_objective(cfg.objective, cfg.objective_opts) if objective is None else objective
+    info = data_info(dataset)
+    spec = model_spec(cfg, info, objective.learn_sigma)
+    model = model_builder(spec).to(dist.device)
+    ema = EMA(model, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=tuple(cfg.betas))
+    precision = Precision(cfg.precision, dist.device)
+
+    # ---- where it starts: fresh, or exactly where the newest valid checkpoint left off
+    step, position = 0, DataPosition()
+    seed_everything(rank_seed(cfg.seed, dist.rank))  # per-rank noise / timesteps / label dropout
+    found = _find_resume_point(cfg, run_dir)
+    if found is not None:
+        step, position = restore(found, spec, model, ema, optimizer, precision, dist, cfg)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    parallel.barrier(dist)
+
+    stream = BatchStream(len(dataset), cfg.global_batch_size, cfg.seed, dist.rank, dist.world_size,
+                         position)
+    batches = iter(batch_loader(dataset, stream, cfg.num_workers, dist.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(rank_seed(cfg.seed, dist.rank) + step)))
+    net = parallel.wrap_model(model, dist)
+    log = RunLog(run_dir, dist, step, cfg.steps, cfg.global_batch_size, cfg.log_every,
+                 cfg.tensorboard, progress)
+    log.message(f"{spec['name']} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+                f"{objective.__class__.__name__}, {precision.name}, {dist.world_size} process(es) "
+                f"on {dist.device}, {'resuming at step %d' % step if step else 'from scratch'}")
+    last_ckpt = found[0] if found is not None else None
+    stopped_by = ""
+
+    # ---- the loop
+    with StopSignals() as stop:
+        try:
+            while step < cfg.steps:
+                x, y = next(batches)
+                x = x.to(dist.device, non_blocking=True)
+                y = y.to(dist.device, non_blocking=True)
+                lr = set_lr(optimizer, cfg, step)
+                with precision.autocast():
+                    loss = objective.training_loss(net, x, y)["loss"]
+                precision.backward(loss)
+                nonfinite, stopping = parallel.any_flag(dist, not torch.isfinite(loss).item(),
+                                                        stop.requested)
+                if nonfinite:
+                    raise NonFiniteLossError(
+                        f"the loss became {loss.item()} at step {step + 1}; stopping without saving. "
+                        f"Last good checkpoint: {last_ckpt or 'none'}. Lower --lr, set --grad-clip, "
+                        "or use --precision fp32/bf16 instead of fp16.")
+                grad_norm = precision.step(optimizer, model.parameters(), cfg.grad_clip)
+                ema.update(model)
+                step += 1
+                position = stream.advance(position)
+                log.step(step, loss, grad_norm, lr)
+
+                if stopping or step == cfg.steps or _due(step, cfg.ckpt_every):
+                    last_ckpt = save(run_dir, step, position, spec, info, model, ema, optimizer,
+                                     precision, dist, cfg)
+                if _due(step, cfg.sample_every):
+                    sample_grid(run_dir / "samples" / f"step-{step:08d}.png", ema.model, objective, info,
+                                cfg, precision, dist)
+                if stopping:
+                    stopped_by = stop.name
+                    log.message(f"{stopped_by} received: saved {last_ckpt} at step {step}; exiting")
+                    break
+        finally:
+            log.close()
+    return TrainResult(step=step, checkpoint=last_ckpt, stopped_by=stopped_by)
+
+
+# ----------------------------------------------------------------------------- pieces the loop calls
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random stream (distinct per rank, fixed per run)."""
+    return int(seed) * 10_007 + 1 + int(rank)
+
+
+def set_lr(optimizer, cfg: TrainConfig, step: int) -> float:
+    """Constant learning rate after an optional linear warm-up; returns the value set."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _find_resume_point(cfg: TrainConfig, run_dir: Path):
+    existing = checkpoint.list_checkpoints(run_dir)
+    if not cfg.resume:
+        if existing:
+            raise ValueError(f"{run_dir} already holds checkpoints (newest {existing[0].name}); "
+                             "pass --resume to continue that run, or choose another --run-dir")
+        return None
+    found = checkpoint.newest_valid_checkpoint(run_dir)
+    if found is None and existing:
+        raise ValueError(f"--resume: none of the {len(existing)} checkpoints in {run_dir} is readable")
+    return found  # None: nothing to resume, start from scratch
+
+
+def save(run_dir, step, position, spec, info, model, ema, optimizer, precision, dist, cfg) -> Path | None:
+    """Write the checkpoint of ``step`` (rank 0; every rank contributes its RNG state)."""
+    rng = parallel.all_gather_objects(dist, checkpoint.capture_rng())
+    path = None
+    if dist.is_main:
+        state = {
+            "format": checkpoint.FORMAT, "step": step, "model": model.state_dict(),
+            "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": precision.state_dict(), "data": position.state_dict(), "rng": rng,
+            "config": cfg.to_dict(), "model_spec": spec, "data_info": info, "complete": True,
+        }
+        path = checkpoint.atomic_save(state, checkpoint.checkpoint_path(run_dir, step))
+        checkpoint.prune(run_dir, cfg.keep_ckpts)
+    parallel.barrier(dist)
+    return parallel.broadcast_object(dist, path)
+
+
+def restore(found, spec, model, ema, optimizer, precision, dist, cfg) -> tuple[int, DataPosition]:
+    """Load a checkpoint into the run's objects; returns ``(step, data position)``."""
+    path, state = found
+    checkpoint.check_model_spec(state["model_spec"], spec, path)
+    checkpoint.load_model_state(model, state["model"], what=f"checkpoint {path}")
+    checkpoint.load_model_state(ema.model, state["ema"], what=f"checkpoint {path} (EMA)")
+    optimizer.load_state_dict(state["optimizer"])
+    precision.load_state_dict(state["scaler"])
+    step = int(state["step"])
+    if len(state["rng"]) == dist.world_size:
+        checkpoint.restore_rng(state["rng"][dist.rank])
+    else:  # another number of processes: the order of the data is kept, the noise streams cannot be
+        if dist.is_main:
+            print(f"note: {path} was written by {len(state['rng'])} process(es), this run has "
+                  f"{dist.world_size}; random streams are reseeded")
+        seed_everything(rank_seed(cfg.seed, dist.rank) + step)
+    return step, DataPosition.from_state(state["data"])
+
+
+def sample_grid(path: Path, ema_model, objective, info: dict, cfg: TrainConfig, precision, dist) -> None:
+    """An EMA sample grid as PNG: 4 per class for up to 10 classes, else 32 fixed random classes.
+    Runs on rank 0 with its own seeded generator, so the training RNG streams are untouched."""
+    from gladiff.sample.generate import class_labels, generate
+    from gladiff.sample.images import save_grid
+    from gladiff.sample.load import make_decoder
+
+    if not dist.is_main:
+        return
+    k = info["num_classes"]
+    labels = class_labels(4 * k, k, classes=range(k)) if k <= 10 else class_labels(32, k, seed=cfg.seed)
+    try:
+        decode = make_decoder(info, dist.device)
+    except (ImportError, ValueError, OSError) as err:
+        print(f"note: no sample grid ({err})")
+        return
+    _, images = generate(ema_model, objective, labels, (info["in_channels"], info["sample_size"],
+                         info["sample_size"]), seed=cfg.seed, batch_size=len(labels),
+                         sampler=cfg.sample_sampler, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
+                         dist=parallel.Dist(device=dist.device), decode=decode,
+                         autocast=precision.autocast, progress=False)
+    save_grid(path, images, nrow=min(k, 10) if k <= 10 else 8, scale=max(1, 64 // images.shape[1]))

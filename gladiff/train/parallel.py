@@ -1,0 +1,116 @@
+"""Process groups: one process, or many under ``torchrun`` (gloo on CPU, NCCL on GPU).
+
+The training loop and the sampler only ask this module who they are (``Dist``), wrap the model, and
+agree on flags; nothing else in the code base touches ``torch.distributed``.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as td
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Who this process is: ``rank`` of ``world_size``, on ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> this process's CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
+    return device
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Join the process group ``torchrun`` describes in the environment (``WORLD_SIZE > 1``), or
+    describe a single process. Safe to call when a group is already initialised."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world_size > 1 and not td.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        td.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
+                              **({"device_id": dev} if dev.type == "cuda" else {}))
+    return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def shutdown(dist: Dist) -> None:
+    """Leave the process group (no-op for one process)."""
+    if dist.distributed and td.is_initialized():
+        td.barrier()
+        td.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    """DDP around ``model`` when there are several processes, else ``model`` itself."""
+    if not dist.distributed:
+        return model
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def any_flag(dist: Dist, *flags: bool) -> list[bool]:
+    """Each flag OR-ed over all processes, so every rank takes the same branch (one all-reduce)."""
+    if not dist.distributed:
+        return [bool(f) for f in flags]
+    t = torch.tensor([float(bool(f)) for f in flags], device=dist.device)
+    td.all_reduce(t, op=td.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def all_gather_objects(dist: Dist, obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` for one process)."""
+    if not dist.distributed:
+        return [obj]
+    out = [None] * dist.world_size
+    td.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(dist: Dist, obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not dist.distributed:
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(dist: Dist) -> None:
+    if dist.distributed:
+        td.barrier()
+
+
+def mean_over_ranks(dist: Dist, value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over all processes (the tensor itself for one process)."""
+    if not dist.distributed:
+        return value
+    value = value.detach().clone()
+    td.all_reduce(value, op=td.ReduceOp.SUM)
+    return value / dist.world_size
