@@ -9,14 +9,9 @@ from gladiff.eval.digits import DigitScorer, digit_classifier, to_digit_batch, t
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("gladiff-cache")
-
-
-@pytest.fixture(scope="module")
-def scorer(cache_root):
-    digits_mod._CLASSIFIERS.pop(16, None)  # train here, into this test's disk cache
-    return DigitScorer(16, cache_dir=cache_root)
+def scorer():
+    # Memory only: one classifier per test session, shared with the other tests that score digits.
+    return DigitScorer(16, cache_dir=False)
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +76,21 @@ def test_bad_inputs_are_named(scorer, held_out):
         to_digit_batch(np.zeros((2, 5, 5, 2), np.uint8), 16)
 
 
-def test_classifier_is_cached_in_process_and_on_disk(scorer, cache_root, held_out, monkeypatch):
-    assert DigitScorer(16, cache_dir=cache_root).net is scorer.net  # no retraining in-process
-    # A new process (empty in-process cache) loads the file instead of training.
+def test_classifier_is_cached_in_process_and_on_disk(scorer, tmp_path, monkeypatch):
+    assert DigitScorer(16, cache_dir=False).net is scorer.net  # no retraining in-process
+    # First process: "trains" (the session's classifier stands in, to save time) and saves it.
+    monkeypatch.setattr(digits_mod, "_CLASSIFIERS", {})
+    monkeypatch.setattr(digits_mod, "train_digit_classifier", lambda *a, **k: scorer.net)
+    assert digit_classifier(16, cache_dir=tmp_path) is scorer.net
+    assert len(list((tmp_path / "digits").glob("classifier-16px-*.pt"))) == 1
+    # A later process (empty in-process cache) loads the file instead of training.
     monkeypatch.setattr(digits_mod, "_CLASSIFIERS", {})
     monkeypatch.setattr(digits_mod, "train_digit_classifier",
                         lambda *a, **k: pytest.fail("trained although a cached classifier exists"))
-    loaded = digit_classifier(16, cache_dir=cache_root)
-    assert loaded is not scorer.net
+    loaded = digit_classifier(16, cache_dir=tmp_path)
+    assert loaded is not scorer.net and not loaded.training
     for a, b in zip(loaded.state_dict().values(), scorer.net.state_dict().values()):
         assert torch.equal(a, b)
-    assert len(list((cache_root / "digits").glob("classifier-16px-*.pt"))) == 1
 
 
 def test_repeated_scoring_reuses_real_statistics(scorer, held_out, monkeypatch):
