@@ -33,7 +33,7 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
 
 def to_model_range(arr: np.ndarray) -> torch.Tensor:
     """``uint8 [H, W, C]`` or ``[H, W]`` array -> ``float32 [C, H, W]`` tensor scaled to [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    t = torch.from_numpy(np.array(arr, dtype=np.uint8))  # a copy: PIL-backed arrays are read-only
     if t.ndim == 2:
         t = t[None]
     else:
