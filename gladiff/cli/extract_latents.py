@@ -43,9 +43,10 @@ def run(args) -> int:
     import torch
 
     from gladiff.data.extract import extract_latents
-    from gladiff.data.spec import parse_data_spec
+    from gladiff.data.spec import KINDS, parse_data_spec
 
-    spec = args.data if ":" in args.data else f"imagefolder:{args.data}"
+    # A bare folder path is accepted; anything naming a data kind is parsed as a spec.
+    spec = args.data if args.data.partition(":")[0] in KINDS else f"imagefolder:{args.data}"
     kind, path = parse_data_spec(spec)
     if kind != "imagefolder":
         raise ValueError(f"--data must be imagefolder:PATH, got {args.data!r}")

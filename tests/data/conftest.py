@@ -78,3 +78,13 @@ def corrupt_files(class_dir: Path) -> list[Path]:
     data = truncated.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     return [garbage, truncated]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The VAE convolutions here are tiny: one thread is faster than two on a shared 2-core box,
+    where OpenMP workers spin against other processes (measured 0.3 s vs 2-5 s per extraction)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -74,7 +74,7 @@ def test_items_are_centre_crops_in_model_range(tiny_folder):
     for i in range(len(ds)):
         x, y = ds[i]
         arr = np.asarray(Image.open(ds.path(i)).convert("RGB"))
-        ref = torch.from_numpy(center_crop_arr(Image.fromarray(arr), 16)).permute(2, 0, 1).float()
+        ref = torch.tensor(center_crop_arr(Image.fromarray(arr), 16)).permute(2, 0, 1).float()
         assert x.dtype == torch.float32 and x.shape == (3, 16, 16)
         torch.testing.assert_close(x, ref / 127.5 - 1, rtol=0, atol=1e-6)
         assert y == ds.labels[i]
