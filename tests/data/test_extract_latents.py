@@ -1,6 +1,10 @@
-import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,18 +13,12 @@ from conftest import corrupt_files
 from PIL import Image
 
 import gladiff.data.extract as extract_mod
-from gladiff.cli import extract_latents as cli_module
+from gladiff.cli import main as gladiff_main
 from gladiff.data import ImageFolderDataset, LatentDataset, UnreadableImageWarning, center_crop_arr
 from gladiff.data.extract import extract_latents
 from gladiff.data.vae import load_vae
 
-
-def run_cli(argv: list[str]) -> int:
-    """Parse and run `extract-latents` exactly as the `gladiff` dispatcher does."""
-    parser = argparse.ArgumentParser(prog="gladiff")
-    cli_module.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_shards(out) -> dict[str, np.ndarray]:
@@ -31,7 +29,7 @@ def read_shards(out) -> dict[str, np.ndarray]:
 
 def test_extract_stores_posterior_of_centre_crops_and_flips(tiny_folder, small_vae_dir, tmp_path):
     out = tmp_path / "latents"
-    rc = run_cli(["extract-latents", "--data", f"imagefolder:{tiny_folder}", "--out", str(out),
+    rc = gladiff_main(["extract-latents", "--data", f"imagefolder:{tiny_folder}", "--out", str(out),
                   "--image-size", "32", "--vae", str(small_vae_dir), "--flip", "--batch-size", "3",
                   "--shard-size", "4", "--dtype", "float32", "--device", "cpu", "--workers", "1",
                   "--no-progress"])
@@ -60,39 +58,44 @@ def test_extract_stores_posterior_of_centre_crops_and_flips(tiny_folder, small_v
     assert not np.allclose(got["mean"][:, 0], got["mean"][:, 1])  # the mirror is a different image
 
 
-class Interrupted(Exception):
-    pass
+# Run in a child process: kill -9 itself in the middle of writing the second shard (after two of
+# its four arrays), i.e. no exception handler, finally block or atexit gets to run.
+KILLED_RUN = """
+import os, signal, sys
+import numpy as np
+import torch
+import gladiff.data.extract as ex
+torch.set_num_threads(1)
+real_save, saves = np.save, []
+def save_then_die(*a, **k):
+    saves.append(1)
+    if len(saves) == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(*a, **k)
+ex.np.save = save_then_die
+ex.extract_latents(sys.argv[1], sys.argv[2], image_size=32, vae=sys.argv[3], flip=True,
+                   batch_size=3, shard_size=4, dtype="float16", device="cpu", progress=False)
+"""
 
 
-def test_resume_after_interruption_gives_identical_result(tiny_folder, small_vae_dir, tmp_path,
-                                                          monkeypatch):
+def test_resume_after_kill_gives_identical_result(tiny_folder, small_vae_dir, tmp_path,
+                                                  monkeypatch):
     kw = dict(image_size=32, vae=small_vae_dir, flip=True, batch_size=3, shard_size=4,
               dtype="float16", device="cpu", progress=False)
     ref = extract_latents(tiny_folder, tmp_path / "straight", **kw)
 
-    # Run 1 is "killed" while writing the second shard: it leaves a half-written temp folder.
-    write = extract_mod._write_shard
-    calls = []
-
-    def dying_write(out, k, arrays):
-        calls.append(k)
-        if len(calls) == 2:
-            (out / f"shard_{k:05d}.tmp-99999").mkdir()
-            np.save(out / f"shard_{k:05d}.tmp-99999" / "mean.npy", arrays["mean"][:1])
-            raise Interrupted
-        write(out, k, arrays)
-
-    monkeypatch.setattr(extract_mod, "_write_shard", dying_write)
     out = tmp_path / "resumed"
-    with pytest.raises(Interrupted):
-        extract_latents(tiny_folder, out, **kw)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard_00000",
-                                                      "shard_00001.tmp-99999"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    child = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tiny_folder), str(out),
+                            str(small_vae_dir)], env=env, capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    leftovers = sorted(p.name for p in out.iterdir())
+    assert leftovers[:2] == ["manifest.json", "shard_00000"] and len(leftovers) == 3
+    assert leftovers[2].startswith("shard_00001.tmp-")  # the half-written shard, never renamed
     with pytest.raises(ValueError, match="incomplete"):
         LatentDataset(out)
 
-    # Run 2 encodes only what is missing and cleans up the temp folder.
-    monkeypatch.setattr(extract_mod, "_write_shard", write)
+    # The re-run encodes only what is missing and removes the temp folder.
     encoded = []
     real_encode = extract_mod.encode_posterior
     monkeypatch.setattr(extract_mod, "encode_posterior",
@@ -141,12 +144,12 @@ def test_corrupt_files_skipped_in_extraction(tiny_folder, small_vae_dir, tmp_pat
     np.testing.assert_array_equal(idx, [0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12])
 
 
-def test_extract_errors(tiny_folder, small_vae_dir, tmp_path):
+def test_extract_errors(tiny_folder, small_vae_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="not divisible"):
         extract_latents(tiny_folder, tmp_path / "o", image_size=36, vae=small_vae_dir, device="cpu")
     with pytest.raises(ValueError, match="dtype"):
         extract_latents(tiny_folder, tmp_path / "o", vae=small_vae_dir, dtype="int8")
     with pytest.raises(ValueError, match="does not exist"):
         extract_latents(tmp_path / "nothing", tmp_path / "o", vae=small_vae_dir)
-    with pytest.raises(ValueError, match="imagefolder:PATH"):
-        run_cli(["extract-latents", "--data", "digits", "--out", str(tmp_path / "o")])
+    assert gladiff_main(["extract-latents", "--data", "digits", "--out", str(tmp_path / "o")]) == 2
+    assert "--data must be imagefolder:PATH" in capsys.readouterr().err
