@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from gladiff.data.imagefolder import ImageFolderDataset, warn_unreadable
-from gladiff.data.latents import (ARRAYS, FORMAT, MANIFEST, VERSION, read_manifest, shard_name,
-                                  write_json_atomic)
+from gladiff.data.latents import (ARRAYS, FORMAT, MANIFEST, VERSION, finalise_manifest,
+                                  read_manifest, shard_name, write_json_atomic, write_shard)
 from gladiff.data.transforms import to_model_range
 from gladiff.data.vae import DEFAULT_VAE, encode_posterior, load_vae, vae_scale
 
@@ -53,36 +53,6 @@ def _files_digest(folder: ImageFolderDataset) -> str:
     h.update(b"\0".join(folder.files.tolist()))
     h.update(folder.labels.tobytes())
     return h.hexdigest()
-
-
-def _write_shard(out: Path, k: int, arrays: dict[str, np.ndarray]) -> None:
-    """Write shard ``k`` into a temporary folder, fsync, then rename it into place."""
-    tmp = out / f"{shard_name(k)}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    for name in ARRAYS:
-        with open(tmp / f"{name}.npy", "wb") as f:
-            np.save(f, arrays[name])
-            f.flush()
-            os.fsync(f.fileno())
-    os.rename(tmp, out / shard_name(k))
-
-
-def _finalise(out: Path, manifest: dict) -> dict | None:
-    """If every shard exists, write the complete manifest (shard counts and skips) and return it."""
-    n, size = manifest["num_files"], manifest["shard_size"]
-    num_shards = math.ceil(n / size)
-    if not all((out / shard_name(k)).is_dir() for k in range(num_shards)):
-        return None
-    shards = []
-    for k in range(num_shards):
-        count = len(np.load(out / shard_name(k) / "labels.npy", mmap_mode="r"))
-        expected = min(size, n - k * size)
-        shards.append({"name": shard_name(k), "count": count, "skipped": expected - count})
-    manifest = dict(manifest, complete=True, shards=shards,
-                    num_latents=sum(s["count"] for s in shards),
-                    num_skipped=sum(s["skipped"] for s in shards))
-    write_json_atomic(out / MANIFEST, manifest)
-    return manifest
 
 
 def extract_latents(source: str | os.PathLike, out: str | os.PathLike, *, image_size: int = 256,
@@ -185,8 +155,8 @@ def extract_latents(source: str | os.PathLike, out: str | os.PathLike, *, image_
             empty = {"mean": np.zeros((0, copies, *latent_shape), store),
                      "std": np.zeros((0, copies, *latent_shape), store),
                      "labels": np.zeros(0, np.int64), "index": np.zeros(0, np.int64)}
-            _write_shard(out, k, {a: np.concatenate(parts[a]) if parts[a] else empty[a]
+            write_shard(out, k, {a: np.concatenate(parts[a]) if parts[a] else empty[a]
                                   for a in ARRAYS})
             parts = {a: [] for a in ARRAYS}
     bar.close()
-    return _finalise(out, settings) or dict(settings, complete=False)
+    return finalise_manifest(out, settings) or dict(settings, complete=False)

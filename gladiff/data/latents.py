@@ -19,6 +19,7 @@ mean alone. Each shard is written to a temporary folder and renamed, so a folder
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -60,6 +61,75 @@ def write_json_atomic(path: Path, obj: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_shard(out: Path, k: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write shard ``k`` (the ``ARRAYS``) into a temporary folder, fsync, then rename it into place,
+    so a killed writer leaves either no ``shard_XXXXX`` or a complete one."""
+    tmp = out / f"{shard_name(k)}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    for name in ARRAYS:
+        with open(tmp / f"{name}.npy", "wb") as f:
+            np.save(f, arrays[name])
+            f.flush()
+            os.fsync(f.fileno())
+    os.rename(tmp, out / shard_name(k))
+
+
+def finalise_manifest(out: Path, settings: dict) -> dict | None:
+    """If every shard of ``settings`` (``num_files``, ``shard_size``) exists under ``out``, write the
+    complete manifest (per-shard counts and skips) and return it; else return None."""
+    n, size = settings["num_files"], settings["shard_size"]
+    num_shards = math.ceil(n / size)
+    if not all((out / shard_name(k)).is_dir() for k in range(num_shards)):
+        return None
+    shards = []
+    for k in range(num_shards):
+        count = len(np.load(out / shard_name(k) / "labels.npy", mmap_mode="r"))
+        shards.append({"name": shard_name(k), "count": count,
+                       "skipped": min(size, n - k * size) - count})
+    manifest = dict(settings, complete=True, shards=shards,
+                    num_latents=sum(s["count"] for s in shards),
+                    num_skipped=sum(s["skipped"] for s in shards))
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def save_latents(out: str | os.PathLike, mean: np.ndarray, labels: np.ndarray, *,
+                 classes: list[str], image_size: int, vae: str, std: np.ndarray | None = None,
+                 scale: float = 0.18215, shard_size: int = 4096, dtype: str = "float32") -> dict:
+    """Write latents you already have as a latents folder (``latents:OUT`` then reads them).
+
+    ``mean`` raw (unscaled) latents ``[N, C, h, w]``, or ``[N, 2, C, h, w]`` with flipped copies;
+    ``std`` the same shape or None (zeros: ``mean`` is then used as is); ``labels`` int ``[N]``.
+    Handy for tests and for latents made by another encoder. Returns the manifest.
+    """
+    mean = np.asarray(mean)
+    if mean.ndim == 4:
+        mean = mean[:, None]
+    if mean.ndim != 5 or mean.shape[1] not in (1, 2):
+        raise ValueError(f"mean must be [N, C, h, w] or [N, 2, C, h, w], got {mean.shape}")
+    std = np.zeros_like(mean) if std is None else np.asarray(std).reshape(mean.shape)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (len(mean),):
+        raise ValueError(f"labels must be [{len(mean)}], got {labels.shape}")
+    if len(labels) and not (0 <= labels.min() and labels.max() < len(classes)):
+        raise ValueError(f"labels must lie in [0, {len(classes)})")
+    out = Path(out)
+    if (out / MANIFEST).exists():
+        raise ValueError(f"{str(out)!r} already holds latents")
+    out.mkdir(parents=True, exist_ok=True)
+    store = {"float16": np.float16, "float32": np.float32}[dtype]
+    settings = {"format": FORMAT, "version": VERSION, "source": None, "image_size": int(image_size),
+                "vae": str(vae), "scale": float(scale), "latent_shape": list(mean.shape[2:]),
+                "classes": list(classes), "flip": mean.shape[1] == 2, "dtype": dtype,
+                "posterior": "mean_std", "shard_size": shard_size, "num_files": len(mean),
+                "files_sha1": None}
+    for k in range(math.ceil(len(mean) / shard_size)):
+        sl = slice(k * shard_size, (k + 1) * shard_size)
+        write_shard(out, k, {"mean": mean[sl].astype(store), "std": std[sl].astype(store),
+                             "labels": labels[sl], "index": np.arange(len(mean))[sl]})
+    return finalise_manifest(out, settings)
 
 
 class LatentDataset(ClassDataset):

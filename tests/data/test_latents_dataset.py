@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gladiff.data import LatentDataset, build_dataset
+from gladiff.data import LatentDataset, build_dataset, save_latents
 from gladiff.data.extract import extract_latents
 from gladiff.data.vae import encode, load_vae
 
@@ -113,3 +113,24 @@ def test_float16_storage_and_real_sd_architecture(tmp_path, sd_vae_dir):
         ref = encode(vae, pixels[i][0][None], sample=False)[0]
         # float16 storage keeps ~3 significant digits.
         torch.testing.assert_close(ds[i][0], ref, rtol=2e-3, atol=2e-3)
+
+
+def test_save_latents_from_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=(7, 4, 2, 2)).astype(np.float32)
+    labels = rng.integers(0, 3, 7)
+    m = save_latents(tmp_path / "out", mean, labels, classes=["a", "b", "c"], image_size=16,
+                     vae="none", shard_size=3)
+    assert m["complete"] and [s["count"] for s in m["shards"]] == [3, 3, 1] and not m["flip"]
+    ds = build_dataset(f"latents:{tmp_path / 'out'}", 16)  # std 0: samples equal the mean
+    assert (len(ds), ds.in_channels, ds.sample_size, ds.num_classes) == (7, 4, 2, 3)
+    for i in range(7):
+        z, y = ds[i]
+        torch.testing.assert_close(z, torch.from_numpy(mean[i]) * 0.18215)
+        assert y == labels[i]
+    with pytest.raises(ValueError, match="already holds"):
+        save_latents(tmp_path / "out", mean, labels, classes=["a", "b", "c"], image_size=16, vae="none")
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        save_latents(tmp_path / "o2", mean, labels, classes=["a", "b"], image_size=16, vae="none")
+    with pytest.raises(ValueError, match="mean must be"):
+        save_latents(tmp_path / "o3", mean[:, :, 0], labels, classes=["a"] * 3, image_size=16, vae="none")
