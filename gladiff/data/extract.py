@@ -75,6 +75,9 @@ def extract_latents(source: str | os.PathLike, out: str | os.PathLike, *, image_
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if Path(source).resolve() in Path(out).resolve().parents:
+        raise ValueError(f"--out {str(out)!r} lies inside the image folder {str(source)!r}: "
+                         "it would become a class folder")
     folder = ImageFolderDataset(source, image_size, random_flip=False)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_vae(vae, device=device)

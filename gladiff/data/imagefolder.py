@@ -10,6 +10,7 @@ crashes on a bad JPEG.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -93,8 +94,9 @@ class ImageFolderDataset(ClassDataset):
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, *, random_flip: bool = True):
-        if not isinstance(image_size, int) or image_size < 1:
+        if not isinstance(image_size, numbers.Integral) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        image_size = int(image_size)
         self.root = Path(root)
         self.classes, self.files, self.labels = scan_image_folder(self.root)
         self.in_channels = 3

@@ -151,5 +151,7 @@ def test_extract_errors(tiny_folder, small_vae_dir, tmp_path, capsys):
         extract_latents(tiny_folder, tmp_path / "o", vae=small_vae_dir, dtype="int8")
     with pytest.raises(ValueError, match="does not exist"):
         extract_latents(tmp_path / "nothing", tmp_path / "o", vae=small_vae_dir)
+    with pytest.raises(ValueError, match="inside the image folder"):
+        extract_latents(tiny_folder, tiny_folder / "latents", vae=small_vae_dir)
     assert gladiff_main(["extract-latents", "--data", "digits", "--out", str(tmp_path / "o")]) == 2
     assert "--data must be imagefolder:PATH" in capsys.readouterr().err
