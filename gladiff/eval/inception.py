@@ -355,7 +355,9 @@ def load_inception(path: str | os.PathLike | None = None, device=None,
 
 def images_to_nchw(batch) -> torch.Tensor:
     """uint8 / float images ``[N, H, W]``, ``[N, H, W, 1|3]`` (NHWC, values 0..255) -> float ``[N, 3, H, W]``."""
-    x = torch.as_tensor(np.asarray(batch))
+    array = np.asarray(batch)
+    # Batches streamed from an archive are read-only views; torch wants writable memory.
+    x = torch.from_numpy(array if array.flags.writeable else array.copy())
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
