@@ -115,7 +115,7 @@ def train_digit_classifier(image_size: int = DEFAULT_IMAGE_SIZE, epochs: int | N
 
 def _cache_key(image_size: int) -> str:
     images, labels = digits_arrays(image_size)
-    h = hashlib.sha256(f"{RECIPE}|{image_size}|torch {torch.__version__}".encode())
+    h = hashlib.sha256(f"{RECIPE}|{sorted(_TRAIN.items())}|{image_size}|torch {torch.__version__}".encode())
     h.update(images.tobytes())
     h.update(labels.tobytes())
     return h.hexdigest()[:16]
