@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gladiff.cli.train import int_or_str
 from gladiff.train.config import parse_key_values
 
 
@@ -27,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (per process)")
     p.add_argument("--sampler", default=None, help="sampler of the objective (default: its default)")
-    p.add_argument("--steps", default=None, help="sampler steps, e.g. 250 or ddim50 (default: the objective's)")
+    p.add_argument("--steps", default=None, type=int_or_str,
+                   help="sampler steps, e.g. 250 or ddim50 (default: the objective's)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--objective-opt", action="append", metavar="KEY=VALUE", default=None,
                    help="override an option of the training objective (repeatable)")
@@ -42,12 +44,6 @@ def register(subparsers) -> None:
                                                           "listed, else about square)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def _steps(value):
-    if value is None:
-        return None
-    return int(value) if str(value).isdigit() else value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         precision = Precision(args.precision, dist.device)
         decode = make_decoder(trained.info, dist.device, vae=args.vae)
         result = sample_images(trained, labels, seed=args.seed, batch_size=args.batch_size,
-                               sampler=args.sampler, steps=_steps(args.steps), cfg_scale=args.cfg_scale,
+                               sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                                dist=dist, decode=decode, autocast=precision.autocast,
                                share_dir=Path(args.out[0]).parent, progress=not args.no_progress)
         if dist.is_main:

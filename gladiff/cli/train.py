@@ -26,9 +26,16 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kw["action"] = argparse.BooleanOptionalAction
         elif ann.startswith("tuple"):
             kw.update(type=float, nargs=f.metadata.get("nargs", 2))
+        elif ann.startswith("int | str"):
+            kw["type"] = int_or_str
         else:
             kw["type"] = {"int": int, "float": float}.get(ann.split(" ")[0], str)
         parser.add_argument(flag, help=f"{help_} (default: {f.default})", **kw)
+
+
+def int_or_str(value: str):
+    """``"250"`` -> 250, ``"ddim50"`` -> ``"ddim50"`` (sampler steps may be a respacing)."""
+    return int(value) if value.strip().lstrip("-").isdigit() else value
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:

@@ -57,7 +57,7 @@ class TrainConfig:
     log_every: int = _opt(100, "steps between logged scalars (bar, TensorBoard, metrics.jsonl)")
     tensorboard: bool = _opt(True, "TensorBoard scalars under RUN_DIR/tb when tensorboard is installed")
     sample_every: int = _opt(0, "steps between EMA sample grids RUN_DIR/samples/step-N.png (0: never)")
-    sample_steps: int | None = _opt(None, "sampler steps for those grids (default: the objective's)")
+    sample_steps: int | str | None = _opt(None, "sampler steps for those grids, e.g. 50 or ddim50 (default: the objective's)")
     sample_cfg: float = _opt(1.0, "guidance scale for those grids")
     sample_sampler: str | None = _opt(None, "sampler for those grids (default: the objective's)")
     # --- checkpoints

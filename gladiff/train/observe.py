@@ -29,7 +29,7 @@ class RunLog:
         self._metrics = open(self.run_dir / "metrics.jsonl", "a") if dist.is_main else None
         self._loss_sum = None
         self._count = 0
-        self._t0 = time.perf_counter()
+        self._t0 = self._start = time.perf_counter()
         self._last_step = start_step
 
     def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
@@ -44,7 +44,8 @@ class RunLog:
         mean_loss = parallel.mean_over_ranks(self.dist, self._loss_sum / self._count).item()
         elapsed = time.perf_counter() - self._t0
         img_s = (step - self._last_step) * self.global_batch_size / max(elapsed, 1e-9)
-        scalars = {"loss": mean_loss, "grad_norm": float(grad_norm), "lr": lr, "img_per_s": img_s}
+        scalars = {"loss": mean_loss, "grad_norm": float(grad_norm), "lr": lr, "img_per_s": img_s,
+                   "elapsed_s": time.perf_counter() - self._start}
         self.write(step, scalars)
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{img_s:.0f}")
         self._loss_sum, self._count = None, 0

@@ -117,3 +117,21 @@ def test_demo_yaml_is_the_demo_recipe():
     from gladiff.cli.demo import DEMO_TRAIN
 
     assert yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()) == DEMO_TRAIN
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_resolve_to_zoo_models(path):
+    from gladiff.models.zoo import model_config
+    from gladiff.train import resolve_config
+
+    cfg = resolve_config(path)
+    model_config(cfg.model)  # raises for a name the zoo does not know
+    assert cfg.steps > 0 and cfg.global_batch_size > 0
+
+
+def test_step_flags_take_numbers_or_respacings():
+    from gladiff.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--sample-steps", "ddim50"])
+    assert args.sample_steps == "ddim50"
+    assert build_parser().parse_args(["sample", "x", "--out", "a.npz", "--steps", "250"]).steps == 250
