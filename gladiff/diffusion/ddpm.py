@@ -83,6 +83,7 @@ class DDPM(Objective):
         channels = x0.shape[1]
         self._check_output(out, (batch, channels * (2 if self.learn_sigma else 1), *x0.shape[2:]),
                            "training_loss")
+        out = out.to(x0.dtype)  # e.g. bf16 autocast outputs: compute the loss in the data's precision
         eps = out[:, :channels]
         mse = mean_flat((noise - eps) ** 2)
         if self.learn_sigma:

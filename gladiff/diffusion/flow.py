@@ -77,6 +77,7 @@ class FlowMatching(Objective):
         x_t = self.interpolate(x0, noise, t)
         out = model(x_t, t * self.time_scale, y)
         self._check_output(out, tuple(x0.shape), "training_loss")
+        out = out.to(x0.dtype)  # e.g. bf16 autocast outputs: compute the loss in the data's precision
         mse = mean_flat((out - (noise - x0)) ** 2)
         return {"loss": mse.mean(), "loss_per_sample": mse, "mse": mse, "t": t}
 

@@ -202,3 +202,12 @@ def test_training_loss_errors():
         ddpm.training_loss(stand_in(False), x0, None)
     with pytest.raises(ValueError, match="create the model with learn_sigma=False"):
         flow.training_loss(stand_in(True), x0, None)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "flow"])
+def test_low_precision_model_output_gives_a_data_precision_loss(name):
+    """Under bf16 autocast a network returns bf16; the loss is computed in the data's float32."""
+    obj = create_objective(name)
+    model = stand_in(obj.learn_sigma)
+    out = obj.training_loss(lambda x, t, y: model(x, t, y).bfloat16(), torch.zeros(2, 1, 2, 2), None)
+    assert out["loss"].dtype == torch.float32 and out["mse"].dtype == torch.float32
