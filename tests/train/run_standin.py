@@ -1,7 +1,7 @@
-"""Run ``train`` on the stand-ins in its own process (for the signal and multi-process tests).
+"""Run ``train`` with a deterministic objective in its own process(es), for the multi-process test.
 
-    python tests/train/run_standin.py '{"run_dir": ..., "steps": ...}' [tiny_eps|no_noise]
-    python -m torch.distributed.run --nproc_per_node=2 tests/train/run_standin.py '{...}' no_noise
+    python tests/train/run_standin.py '{"run_dir": ..., "steps": ...}' [tiny|dig]
+    python -m torch.distributed.run --nproc_per_node=2 tests/train/run_standin.py '{...}' dig
 """
 import json
 import sys
@@ -12,11 +12,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch  # noqa: E402
 
 from gladiff.train import TrainConfig, train  # noqa: E402
-from tests.train.standins import NoNoise, TinyDigits, TinyEps, tiny_builder  # noqa: E402
+from gladiff.train.build import build_model  # noqa: E402
+from tests.train.standins import NoNoise, TinyDigits, tiny_builder  # noqa: E402
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cfg = TrainConfig(**json.loads(sys.argv[1]))
-    objective = {"tiny_eps": TinyEps, "no_noise": NoNoise}[sys.argv[2] if len(sys.argv) > 2 else "tiny_eps"]()
-    res = train(cfg, dataset=TinyDigits(64), objective=objective, model_builder=tiny_builder, progress=False)
+    builder = {"tiny": tiny_builder, "dig": build_model}[sys.argv[2] if len(sys.argv) > 2 else "tiny"]
+    res = train(cfg, dataset=TinyDigits(64), objective=NoNoise(), model_builder=builder, progress=False)
     print(json.dumps({"step": res.step, "stopped_by": res.stopped_by, "checkpoint": str(res.checkpoint)}))
