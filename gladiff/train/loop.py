@@ -34,6 +34,19 @@ class TrainResult:
     stopped_by: str = ""  # "SIGTERM"/"SIGINT" when a signal ended the run early
 
 
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the step and data position: the run's objects and descriptions."""
+
+    cfg: TrainConfig
+    spec: dict  # model spec (zoo name, sizes, overrides): rebuilds the model without the data
+    info: dict  # data facts sampling needs (channels, size, classes, pixel or latent, VAE)
+    model: torch.nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+
+
 def train(cfg: TrainConfig, *, dataset=None, objective=None, model_builder=build_model,
           progress: bool = True) -> TrainResult:
     """Train as ``cfg`` says; ``dataset``/``objective``/``model_builder`` replace the ones built
@@ -41,9 +54,12 @@ def train(cfg: TrainConfig, *, dataset=None, objective=None, model_builder=build
     cfg.validate()
     dist = parallel.init_distributed(cfg.device)
     try:
-        return _train(cfg, dist, dataset, objective, model_builder, progress)
-    finally:
-        parallel.shutdown(dist)
+        result = _train(cfg, dist, dataset, objective, model_builder, progress)
+    except BaseException:
+        parallel.shutdown(dist, wait=False)  # other ranks may be gone: no barrier
+        raise
+    parallel.shutdown(dist)
+    return result
 
 
 def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResult:
@@ -57,17 +73,18 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
     info = data_info(dataset)
     spec = model_spec(cfg, info, objective.learn_sigma)
     model = model_builder(spec).to(dist.device)
-    ema = EMA(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=tuple(cfg.betas))
-    precision = Precision(cfg.precision, dist.device)
+    state = TrainState(cfg, spec, info, model, EMA(model, cfg.ema_decay),
+                       torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         betas=tuple(cfg.betas)),
+                       Precision(cfg.precision, dist.device))
+    ema, optimizer, precision = state.ema, state.optimizer, state.precision
 
     # ---- where it starts: fresh, or exactly where the newest valid checkpoint left off
     step, position = 0, DataPosition()
     seed_everything(rank_seed(cfg.seed, dist.rank))  # per-rank noise / timesteps / label dropout
     found = _find_resume_point(cfg, run_dir)
     if found is not None:
-        step, position = restore(found, spec, model, ema, optimizer, precision, dist, cfg)
+        step, position = restore(found, state, dist)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -75,13 +92,14 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
 
     stream = BatchStream(len(dataset), cfg.global_batch_size, cfg.seed, dist.rank, dist.world_size,
                          position)
-    batches = iter(batch_loader(dataset, stream, cfg.num_workers, dist.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(rank_seed(cfg.seed, dist.rank) + step)))
+    worker_seed = torch.Generator().manual_seed(rank_seed(cfg.seed, dist.rank) + step)
+    batches = iter(batch_loader(dataset, stream, cfg.num_workers, dist.device.type == "cuda", worker_seed))
     net = parallel.wrap_model(model, dist)
     log = RunLog(run_dir, dist, step, cfg.steps, cfg.global_batch_size, cfg.log_every,
                  cfg.tensorboard, progress)
+    grids = SampleGrids(run_dir / "samples", objective, info, cfg, precision, dist)
     log.message(f"{spec['name']} ({sum(p.numel() for p in model.parameters()):,} parameters), "
-                f"{objective.__class__.__name__}, {precision.name}, {dist.world_size} process(es) "
+                f"{type(objective).__name__}, {precision.name}, {dist.world_size} process(es) "
                 f"on {dist.device}, {'resuming at step %d' % step if step else 'from scratch'}")
     last_ckpt = found[0] if found is not None else None
     stopped_by = ""
@@ -111,11 +129,9 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
                 log.step(step, loss, grad_norm, lr)
 
                 if stopping or step == cfg.steps or _due(step, cfg.ckpt_every):
-                    last_ckpt = save(run_dir, step, position, spec, info, model, ema, optimizer,
-                                     precision, dist, cfg)
+                    last_ckpt = save(run_dir, step, position, state, dist)
                 if _due(step, cfg.sample_every):
-                    sample_grid(run_dir / "samples" / f"step-{step:08d}.png", ema.model, objective, info,
-                                cfg, precision, dist)
+                    grids.write(step, ema.model)
                 if stopping:
                     stopped_by = stop.name
                     log.message(f"{stopped_by} received: saved {last_ckpt} at step {step}; exiting")
@@ -163,61 +179,73 @@ def _find_resume_point(cfg: TrainConfig, run_dir: Path):
     return found  # None: nothing to resume, start from scratch
 
 
-def save(run_dir, step, position, spec, info, model, ema, optimizer, precision, dist, cfg) -> Path | None:
-    """Write the checkpoint of ``step`` (rank 0; every rank contributes its RNG state)."""
+def save(run_dir: Path, step: int, position: DataPosition, state: TrainState, dist) -> Path | None:
+    """Write the checkpoint of ``step`` (rank 0; every rank contributes its RNG state); returns its
+    path on every rank."""
     rng = parallel.all_gather_objects(dist, checkpoint.capture_rng())
     path = None
     if dist.is_main:
-        state = {
-            "format": checkpoint.FORMAT, "step": step, "model": model.state_dict(),
-            "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": precision.state_dict(), "data": position.state_dict(), "rng": rng,
-            "config": cfg.to_dict(), "model_spec": spec, "data_info": info, "complete": True,
+        payload = {
+            "format": checkpoint.FORMAT, "step": step, "model": state.model.state_dict(),
+            "ema": state.ema.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "scaler": state.precision.state_dict(), "data": position.state_dict(), "rng": rng,
+            "config": state.cfg.to_dict(), "model_spec": state.spec, "data_info": state.info,
+            "complete": True,
         }
-        path = checkpoint.atomic_save(state, checkpoint.checkpoint_path(run_dir, step))
-        checkpoint.prune(run_dir, cfg.keep_ckpts)
+        path = checkpoint.atomic_save(payload, checkpoint.checkpoint_path(run_dir, step))
+        checkpoint.prune(run_dir, state.cfg.keep_ckpts)
     parallel.barrier(dist)
     return parallel.broadcast_object(dist, path)
 
 
-def restore(found, spec, model, ema, optimizer, precision, dist, cfg) -> tuple[int, DataPosition]:
+def restore(found: tuple[Path, dict], state: TrainState, dist) -> tuple[int, DataPosition]:
     """Load a checkpoint into the run's objects; returns ``(step, data position)``."""
-    path, state = found
-    checkpoint.check_model_spec(state["model_spec"], spec, path)
-    checkpoint.load_model_state(model, state["model"], what=f"checkpoint {path}")
-    checkpoint.load_model_state(ema.model, state["ema"], what=f"checkpoint {path} (EMA)")
-    optimizer.load_state_dict(state["optimizer"])
-    precision.load_state_dict(state["scaler"])
-    step = int(state["step"])
-    if len(state["rng"]) == dist.world_size:
-        checkpoint.restore_rng(state["rng"][dist.rank])
-    else:  # another number of processes: the order of the data is kept, the noise streams cannot be
+    path, saved = found
+    checkpoint.check_model_spec(saved["model_spec"], state.spec, path)
+    checkpoint.load_model_state(state.model, saved["model"], what=f"checkpoint {path}")
+    checkpoint.load_model_state(state.ema.model, saved["ema"], what=f"checkpoint {path} (EMA)")
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.precision.load_state_dict(saved["scaler"])
+    step = int(saved["step"])
+    if len(saved["rng"]) == dist.world_size:
+        checkpoint.restore_rng(saved["rng"][dist.rank])
+    else:  # another number of processes: the data order is kept, the noise streams cannot be
         if dist.is_main:
-            print(f"note: {path} was written by {len(state['rng'])} process(es), this run has "
+            print(f"note: {path} was written by {len(saved['rng'])} process(es), this run has "
                   f"{dist.world_size}; random streams are reseeded")
-        seed_everything(rank_seed(cfg.seed, dist.rank) + step)
-    return step, DataPosition.from_state(state["data"])
+        seed_everything(rank_seed(state.cfg.seed, dist.rank) + step)
+    return step, DataPosition.from_state(saved["data"])
 
 
-def sample_grid(path: Path, ema_model, objective, info: dict, cfg: TrainConfig, precision, dist) -> None:
-    """An EMA sample grid as PNG: 4 per class for up to 10 classes, else 32 fixed random classes.
-    Runs on rank 0 with its own seeded generator, so the training RNG streams are untouched."""
-    from gladiff.sample.generate import class_labels, generate
-    from gladiff.sample.images import save_grid
-    from gladiff.sample.load import make_decoder
+class SampleGrids:
+    """EMA sample grids as PNG (``folder/step-XXXXXXXX.png``): 4 per class for up to 10 classes,
+    else 32 fixed random classes. Rank 0 samples with its own seeded generator, so the training RNG
+    streams are untouched; a latent model's VAE is loaded on first use."""
 
-    if not dist.is_main:
-        return
-    k = info["num_classes"]
-    labels = class_labels(4 * k, k, classes=range(k)) if k <= 10 else class_labels(32, k, seed=cfg.seed)
-    try:
-        decode = make_decoder(info, dist.device)
-    except (ImportError, ValueError, OSError) as err:
-        print(f"note: no sample grid ({err})")
-        return
-    _, images = generate(ema_model, objective, labels, (info["in_channels"], info["sample_size"],
-                         info["sample_size"]), seed=cfg.seed, batch_size=len(labels),
-                         sampler=cfg.sample_sampler, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
-                         dist=parallel.Dist(device=dist.device), decode=decode,
-                         autocast=precision.autocast, progress=False)
-    save_grid(path, images, nrow=min(k, 10) if k <= 10 else 8, scale=max(1, 64 // images.shape[1]))
+    def __init__(self, folder: Path, objective, info: dict, cfg: TrainConfig, precision, dist):
+        self.folder, self.objective, self.info, self.cfg = folder, objective, info, cfg
+        self.precision, self.dist = precision, dist
+        self._decode = None
+
+    def write(self, step: int, ema_model) -> None:
+        from gladiff.sample.generate import class_labels, generate
+        from gladiff.sample.images import save_grid
+        from gladiff.sample.load import make_decoder
+
+        if not self.dist.is_main:
+            return
+        info, cfg, k = self.info, self.cfg, self.info["num_classes"]
+        if self._decode is None:
+            try:
+                self._decode = make_decoder(info, self.dist.device) or (lambda x: x)
+            except (ImportError, ValueError, OSError) as err:
+                print(f"note: no sample grid ({err})")
+                return
+        labels = class_labels(4 * k, k, classes=range(k)) if k <= 10 else class_labels(32, k, seed=cfg.seed)
+        shape = (info["in_channels"], info["sample_size"], info["sample_size"])
+        _, images = generate(ema_model, self.objective, labels, shape, seed=cfg.seed, batch_size=len(labels),
+                             sampler=cfg.sample_sampler, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
+                             dist=parallel.Dist(device=self.dist.device), decode=self._decode,
+                             autocast=self.precision.autocast, progress=False)
+        save_grid(self.folder / f"step-{step:08d}.png", images, nrow=min(k, 10) if k <= 10 else 8,
+                  scale=max(1, 64 // images.shape[1]))

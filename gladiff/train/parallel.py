@@ -60,10 +60,11 @@ def init_distributed(device: str = "auto") -> Dist:
     return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def shutdown(dist: Dist) -> None:
-    """Leave the process group (no-op for one process)."""
+def shutdown(dist: Dist, wait: bool = True) -> None:
+    """Leave the process group (no-op for one process); ``wait`` for the other ranks first."""
     if dist.distributed and td.is_initialized():
-        td.barrier()
+        if wait:
+            td.barrier()
         td.destroy_process_group()
 
 

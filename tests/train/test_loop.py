@@ -114,3 +114,16 @@ def test_keep_ckpts_prunes_old_files(tmp_path):
     cfg = _cfg(tmp_path, steps=8, ckpt_every=2, keep_ckpts=2)
     _run(cfg)
     assert [p.name for p in ckpt.list_checkpoints(cfg.run_dir)] == ["step-00000008.pt", "step-00000006.pt"]
+
+
+def test_periodic_ema_grids_leave_the_training_streams_untouched(tmp_path):
+    from PIL import Image
+
+    with_grids = _run(_cfg(tmp_path, "g", steps=4, sample_every=2, sample_steps=2))
+    without = _run(_cfg(tmp_path, "n", steps=4))
+    grids = sorted(p.name for p in (tmp_path / "g" / "samples").iterdir())
+    assert grids == ["step-00000002.png", "step-00000004.png"]
+    # 4 samples of each of the 10 classes, one class per column, 8x8 digits enlarged 8x
+    assert Image.open(tmp_path / "g" / "samples" / grids[0]).size == ((10 * 10 + 2) * 8, (4 * 10 + 2) * 8)
+    a, b = ckpt.read_checkpoint(with_grids.checkpoint), ckpt.read_checkpoint(without.checkpoint)
+    assert state_equal(a["model"], b["model"]) and state_equal(a["ema"], b["ema"])
