@@ -23,7 +23,7 @@ DEMO_TRAIN = dict(
     steps=1500, global_batch_size=64, lr=1e-3, warmup_steps=50, grad_clip=1.0, ema_decay=0.995,
     log_every=100, ckpt_every=500, keep_ckpts=1, sample_every=0, tensorboard=False, seed=0,
 )
-DEMO_SAMPLE = dict(sampler="euler", steps=20, cfg_scale=3.0, seed=0, per_class=100, batch_size=250)
+DEMO_SAMPLE = dict(sampler="euler", steps=20, cfg_scale=2.0, seed=0, per_class=100, batch_size=250)
 
 
 def register(subparsers) -> None:
