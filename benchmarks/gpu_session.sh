@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One device call: install the carried wheels, then run the named steps, each under its own time
+# limit, logging to $OUT/<step>.log (files under $OUT come back even when a step times out).
+# Usage from the repo root on the GPU machine: bash benchmarks/gpu_session.sh STEP[:SECONDS]...
+# Steps: env, check, check-fla, tune, op, op-fla, model, test.
+set -u
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+if ls ../.whl/*.whl >/dev/null 2>&1; then WHL=../.whl; else WHL=.whl; fi
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHL/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+BENCH="import argparse, sys; from gladiff.cli import bench; p = argparse.ArgumentParser(prog='gladiff'); s = p.add_subparsers(); bench.register(s); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+for arg in "$@"; do
+  step=${arg%%:*}; limit=${arg#*:}; [ "$limit" = "$arg" ] && limit=120
+  echo "=== $step (limit ${limit}s) $(date +%T)"
+  log=$OUT/$step.log
+  case $step in
+    env) timeout $limit bash -c "nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv; python3 -c \"import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__)\"" > $log 2>&1;;
+    check) timeout $limit python3 benchmarks/check_gla_gpu.py --backends chunk triton --out $OUT/gla_gpu_check.json > $log 2>&1;;
+    check-fla) timeout $limit python3 benchmarks/check_gla_gpu.py --backends fla --out $OUT/gla_gpu_check_fla.json > $log 2>&1;;
+    tune) timeout $limit python3 benchmarks/tune_gla_triton.py --out $OUT/gla_triton_tune.json > $log 2>&1;;
+    op) timeout $limit python3 -c "$BENCH" bench --op --gla-backends triton --out $OUT/op_bench.json > $log 2>&1;;
+    op-fla) timeout $limit python3 -c "$BENCH" bench --op --gla-backends fla --dit-attn flash --out $OUT/op_bench_fla.json > $log 2>&1;;
+    *) echo "unknown step $step" > $log;;
+  esac
+  echo "rc $? $(date +%T)"; grep -v "Warning\|warn(" $log | tail -${TAIL:-25}
+done
