@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `gladiff --help` lists them.
-COMMANDS = ["models", "bench"]
+COMMANDS = ["models", "extract_latents", "eval", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

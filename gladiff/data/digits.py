@@ -9,6 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gladiff.data.base import ClassDataset
+from gladiff.data.transforms import random_hflip, to_model_range
+
 NUM_CLASSES = 10
 DEFAULT_IMAGE_SIZE = 16
 
@@ -35,3 +38,25 @@ def digits_split(image_size: int = DEFAULT_IMAGE_SIZE, holdout: float = 0.2, see
     n_test = int(round(holdout * len(labels)))
     test, train = order[:n_test], order[n_test:]
     return images[train], labels[train], images[test], labels[test]
+
+
+class DigitsDataset(ClassDataset):
+    """The built-in digits as a class-conditional dataset of ``float32 [1, S, S]`` images in [-1, 1].
+
+    Random horizontal flips are off by default: a mirrored digit is a different glyph (a flipped
+    3 looks like an epsilon, a flipped 7 like no digit), so flipping would teach the model wrong
+    class appearances.
+    """
+
+    def __init__(self, image_size: int = DEFAULT_IMAGE_SIZE, *, random_flip: bool = False):
+        images, labels = digits_arrays(image_size)
+        self.images = images
+        self.labels = labels
+        self.classes = [str(c) for c in range(NUM_CLASSES)]
+        self.in_channels = 1
+        self.image_size = self.sample_size = image_size
+        self.random_flip = bool(random_flip)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = random_hflip(to_model_range(self.images[i]), self.random_flip)
+        return x, int(self.labels[i])
