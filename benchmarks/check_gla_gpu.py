@@ -30,7 +30,6 @@ CASES = [
     ("T 255 odd grid 15x17", 2, 6, (15, 17), 32, 64, 1.0),
     ("S/2 256px: T 256", 4, 6, (16, 16), 32, 64, 1.0),
     ("T 1024, many segments", 1, 2, (32, 32), 32, 64, 1.0),
-    ("T 2304, one head", 1, 1, (48, 48), 32, 64, 1.0),
     ("head sizes 20/40", 2, 2, (10, 10), 20, 40, 1.0),
     ("very negative gates (x30)", 2, 2, (8, 16), 32, 64, 30.0),
 ]
@@ -38,15 +37,15 @@ TOL = {"float32": 1e-3, "bfloat16": 1e-2}
 
 
 def make_inputs(B, T, H, dk, dv, gate_scale, device):
-    q = torch.randn(B, T, H, dk, device=device)
-    k = torch.randn(B, T, H, dk, device=device)
-    v = torch.randn(B, T, H, dv, device=device)
+    """q, k, v, do exactly representable in bf16 (so one float64 reference serves float32 and bf16
+    runs); log-gates float32, as DiG passes them."""
+    bf = lambda *shape: torch.randn(*shape, device=device).bfloat16().float()
+    q, k, v = bf(B, T, H, dk), bf(B, T, H, dk), bf(B, T, H, dv)
     # Stronger decay than DiG's logsigmoid(.)/16 so that the test sees it; a gate scale > 1 pushes
     # log-gates to hundreds below zero, where a positive exponent anywhere would overflow.
     spread = 2.0 if gate_scale == 1 else 4.0
     g = F.logsigmoid(torch.randn(B, T, H, dk, device=device) * spread) * gate_scale
-    do = torch.randn(B, T, H, dv, device=device)
-    return q, k, v, g, do
+    return q, k, v, g, bf(B, T, H, dv)
 
 
 def poison(n_bytes: int = 512 * 2**20):
@@ -72,6 +71,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=None, help="default: every GPU backend available")
     parser.add_argument("--out", default="benchmarks/results/gla_gpu_check.json")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("check_gla_gpu: no CUDA GPU on this machine; nothing checked.")
@@ -85,10 +85,10 @@ def main(argv=None):
         T = grid[0] * grid[1]
         for scan, reverse in ORDERS:
             q, k, v, g, do = make_inputs(B, T, H, dk, dv, gate_scale, "cuda")
-            for dtype in (torch.float32, torch.bfloat16):
+            ref = run("recurrent", *(x.double() for x in (q, k, v, g, do)), scan, reverse, grid)
+            for dtype in args.dtypes:
+                dtype = getattr(torch, dtype)
                 qd, kd, vd, dod = (x.to(dtype) for x in (q, k, v, do))
-                # The reference sees exactly the rounded inputs, in float64.
-                ref = run("recurrent", *(x.double() for x in (qd, kd, vd, g, dod)), scan, reverse, grid)
                 for backend in backends:
                     try:
                         out = run(backend, qd, kd, vd, g, dod, scan, reverse, grid)
@@ -106,7 +106,7 @@ def main(argv=None):
     # Table: worst error per backend, dtype, case over the four scan orders.
     print(f"\n{'backend':8} {'dtype':9} {'case':28} " + " ".join(f"{n:>8}" for n in names) + "  ok")
     for backend in backends:
-        for dname in ("float32", "bfloat16"):
+        for dname in args.dtypes:
             for name, *_ in CASES:
                 sel = [r for r in rows if r["backend"] == backend and r["dtype"] == dname and r["case"] == name]
                 worst = {n: max(r["rel_err"][n] for r in sel) for n in names}

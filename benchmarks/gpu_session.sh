@@ -17,10 +17,12 @@ for arg in "$@"; do
   case $step in
     env) timeout $limit bash -c "nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv; python3 -c \"import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__)\"" > $log 2>&1;;
     check) timeout $limit python3 benchmarks/check_gla_gpu.py --backends chunk triton --out $OUT/gla_gpu_check.json > $log 2>&1;;
-    check-fla) timeout $limit python3 benchmarks/check_gla_gpu.py --backends fla --out $OUT/gla_gpu_check_fla.json > $log 2>&1;;
+    check-fla) timeout $limit python3 benchmarks/check_gla_gpu.py --backends fla --dtypes bfloat16 --out $OUT/gla_gpu_check_fla.json > $log 2>&1;;
     tune) timeout $limit python3 benchmarks/tune_gla_triton.py --out $OUT/gla_triton_tune.json > $log 2>&1;;
     op) timeout $limit python3 -c "$BENCH" bench --op --gla-backends triton --out $OUT/op_bench.json > $log 2>&1;;
     op-fla) timeout $limit python3 -c "$BENCH" bench --op --gla-backends fla --dit-attn flash --out $OUT/op_bench_fla.json > $log 2>&1;;
+    model) timeout $limit python3 -c "$BENCH" bench ${MODEL_ARGS:-} --out $OUT/model_bench.json > $log 2>&1;;
+    test) timeout $limit python3 -m pytest -q tests/ops > $log 2>&1;;
     *) echo "unknown step $step" > $log;;
   esac
   echo "rc $? $(date +%T)"; grep -v "Warning\|warn(" $log | tail -${TAIL:-25}

@@ -23,8 +23,8 @@ SHAPES = [(32, 6, 256), (1, 6, 16384), (4, 6, 16384)]
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/gla_triton_tune.json")
-    parser.add_argument("--segments", nargs="+", type=int, default=[0, 128, 256, 512, 1024])
-    parser.add_argument("--warps", nargs="+", type=int, default=[2, 4, 8])
+    parser.add_argument("--segments", nargs="+", type=int, default=[0, 256, 512, 1024])
+    parser.add_argument("--warps", nargs="+", type=int, default=[4, 8])
     parser.add_argument("--stages", nargs="+", type=int, default=[1, 2])
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<kind>_<card>_<time>.json)")
     p.add_argument("--plot", default=None, help="PNG path for the throughput/memory plot (model bench)")
     p.add_argument("--reps", type=int, default=10, help="timed repeats per measurement (median)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop starting new measurements after this long (partial results are kept)")
     p.set_defaults(func=run)
 
 
@@ -53,13 +55,17 @@ def run(args) -> int:
     from ..bench.model import format_rows as format_model_rows
     from ..bench.model import plot_rows, run_model_bench
 
-    result = run_model_bench(models=args.models, resolutions=args.res, extra_batches=args.batch,
-                             work=args.work, modes=args.modes, dit_attn=args.dit_attn, reps=args.reps)
-    print(f"\ncard: {env['card']}\n" + format_model_rows(result["rows"]))
     out = args.out or _default_out("model", env)
-    path = write_json(out, dict(env, kind="model", **result))
+    # Saved after every measurement, so a run cut short keeps what it measured.
+    save = lambda result: write_json(out, dict(env, kind="model", **result))
+    result = run_model_bench(models=args.models, resolutions=args.res, extra_batches=args.batch,
+                             work=args.work, modes=args.modes, dit_attn=args.dit_attn, reps=args.reps,
+                             max_minutes=args.max_minutes, on_row=save)
+    path = save(result)
+    print(f"\ncard: {env['card']}, bf16 matmul ceiling {result['matmul_tflops']:.0f} TFLOP/s\n"
+          + format_model_rows(result["summary"]))
     print(f"wrote {path}")
     plot = args.plot or str(path).replace(".json", ".png")
-    if plot_rows(result["rows"], plot):
+    if plot_rows(result["summary"], plot):
         print(f"wrote {plot}")
     return 0

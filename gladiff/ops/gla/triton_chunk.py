@@ -35,11 +35,14 @@ import torch
 import triton
 import triton.language as tl
 
-# Tokens per chunk: the [BT, BT, dk] decay tile must fit in registers.
-CHUNK = 16
+# Tokens per chunk (a power of two: the intra-chunk decay is split along a binary tree).
+CHUNK = 64
 # Aim for at least this many programs per launch (H100/H200 have 132 multiprocessors).
 TARGET_PROGRAMS = 512
-MIN_SEGMENT = 128
+MIN_SEGMENT = 256
+# Integer arguments Triton should not specialise on (a value of 1 or a multiple of 16 would otherwise
+# compile another kernel): sizes and scan flags vary from call to call.
+_RUNTIME_INTS = ["T", "grid_h", "grid_w", "COL", "REVERSE", "SEG", "NSEG"]
 
 
 def plan_segments(bh: int, T: int, segment: int | None = None) -> tuple[int, int]:
@@ -59,8 +62,9 @@ def plan_segments(bh: int, T: int, segment: int | None = None) -> tuple[int, int
 
 
 @triton.jit
-def _raster(pos, T, grid_h, grid_w, COL: tl.constexpr, REVERSE: tl.constexpr):
-    """Raster index of scan positions ``pos`` (int vector) in one of the four SREM orders."""
+def _raster(pos, T, grid_h, grid_w, COL, REVERSE):
+    """Raster index of scan positions ``pos`` (int vector) in one of the four SREM orders
+    (``COL``, ``REVERSE``: run-time flags, so one compiled kernel serves all four)."""
     if REVERSE:
         pos = T - 1 - pos
     if COL:
@@ -91,21 +95,42 @@ def _store_rows(base, rows, stride_t, offs, mask_t, mask_d, x):
 
 
 @triton.jit
-def _decay_tile(b, BT: tl.constexpr):
-    """``E[t, s, d] = exp(b[t, d] - b[s, d])`` for s <= t, else 0; the mask is applied before exp."""
-    offs = tl.arange(0, BT)
-    causal = offs[:, None] >= offs[None, :]
-    diff = b[:, None, :] - b[None, :, :]
-    return tl.exp(tl.where(causal[:, :, None], diff, float("-inf")))
+def _level(b, offs_t, sh, BT: tl.constexpr, BK: tl.constexpr):
+    """One level of the chunk's binary tree: blocks of ``2**sh`` tokens whose second half queries
+    their first half. With ``r`` the last token of the first half, ``exp(b_t - b_s)`` splits into a
+    query factor ``exp(b_t - b_r)`` (second-half rows, else 0) and a key factor ``exp(b_r - b_s)``
+    (first-half rows, else 0); both exponents are <= 0 and are masked before the exponential.
+    Returns the two ``[BT, BK]`` factors and the ``[BT, BT]`` mask of pairs inside one block."""
+    half = 1 << (sh - 1)
+    ref = ((offs_t >> sh) << sh) + (half - 1)
+    b_ref = tl.gather(b, tl.broadcast_to(ref[:, None], (BT, BK)), axis=0)
+    second = (offs_t & half) != 0
+    q_decay = tl.exp(tl.where(second[:, None], b - b_ref, float("-inf")))
+    k_decay = tl.exp(tl.where(second[:, None], float("-inf"), b_ref - b))
+    same = (offs_t[:, None] >> sh) == (offs_t[None, :] >> sh)
+    return q_decay, k_decay, same
 
 
 @triton.jit
+def _intra_scores(q, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+                  PREC: tl.constexpr):
+    """``A[t, s] = sum_d q[t,d] k[s,d] exp(b[t,d] - b[s,d])`` for s <= t inside the chunk, else 0:
+    the diagonal directly, every pair s < t at the tree level where t and s part, as a matmul."""
+    eye = offs_t[:, None] == offs_t[None, :]
+    A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
+    for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+        q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+        A += tl.where(same, tl.dot(q * q_decay, tl.trans(k * k_decay), input_precision=PREC), 0.0)
+    return A
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _segment_state_kernel(
     K, V, G, U, GS,
     skb, skt, skh, svb, svt, svh, sgb, sgt, sgh,
-    T, H, grid_h, grid_w, SEG, NSEG,
+    T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    COL: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """Per (segment j, batch*head): ``U_j = sum_s (k_s exp(G_j - B_s))^T v_s`` and ``G_j`` (the
     segment's summed log-gate), where ``B_s`` is the log-gate cumulated from the segment start."""
@@ -142,13 +167,14 @@ def _segment_state_kernel(
     tl.store(GS + st * BK + offs_k, gsum)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _fwd_kernel(
     Q, K, V, G, O, U, GS, S0,
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sob, sot, soh,
-    T, H, grid_h, grid_w, SEG, NSEG, scale,
+    T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    COL: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
+    PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
+    LOG2_BT: tl.constexpr,
 ):
     """Outputs of segment j for one (batch, head); with segments, also stores its start state."""
     j = tl.program_id(0)
@@ -187,21 +213,20 @@ def _fwd_kernel(
         g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        E = _decay_tile(b, BT)
-        A = tl.sum(q[:, None, :] * k[None, :, :] * E, axis=2)  # [t, s]
+        A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, PREC)  # [t, s]
         o = tl.dot(A, v, input_precision=PREC) + tl.dot(q * tl.exp(b), S, input_precision=PREC)
         _store_rows(o_base, rows, sot, offs_v, mt, mv, o)
         kd = k * tl.exp(b_last[None, :] - b)
         S = S * tl.exp(b_last)[:, None] + tl.dot(tl.trans(kd), v, input_precision=PREC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _segment_dstate_kernel(
     Q, G, DO, DU,
     sqb, sqt, sqh, sgb, sgt, sgh, sdb, sdt, sdh,
-    T, H, grid_h, grid_w, SEG, NSEG, scale,
+    T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    COL: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """Per (segment j, batch*head): the gradient on the state at segment j's start from the outputs
     inside segment j, ``dU_j = scale * sum_t (q_t exp(B_t))^T do_t`` (``B_t`` cumulated from the start)."""
@@ -235,13 +260,14 @@ def _segment_dstate_kernel(
     tl.store(DU + st * BK * BV + offs_k[:, None] * BV + offs_v[None, :], dS * scale)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_kernel(
     Q, K, V, G, DO, DQ, DK_, DV_, DG, S0, DU, GS,
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sdb, sdt, sdh,
-    T, H, grid_h, grid_w, SEG, NSEG, scale,
+    T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    COL: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
+    PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
+    LOG2_BT: tl.constexpr,
 ):
     """Gradients of segment j for one (batch, head). ``DQ, DK_, DV_, DG`` are contiguous like
     their inputs' shapes, so they share the strides of ``Q``/``V`` rebuilt as contiguous:
@@ -272,6 +298,7 @@ def _bwd_kernel(
     sdv = H * DV
     state_offs = offs_k[:, None] * BV + offs_v[None, :]
     causal = offs_t[:, None] >= offs_t[None, :]
+    eye = offs_t[:, None] == offs_t[None, :]
     t0 = j * SEG
 
     # Phase A: forwards through the segment, rebuilding the state; dq needs only the past.
@@ -289,9 +316,12 @@ def _bwd_kernel(
         do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        E = _decay_tile(b, BT)
         P = tl.where(causal, tl.dot(do, tl.trans(v), input_precision=PREC), 0.0)  # do_t . v_s
-        dq = tl.sum(P[:, :, None] * k[None, :, :] * E, axis=1)
+        # dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s): diagonal, then each tree level.
+        dq = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None] * k
+        for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+            q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+            dq += q_decay * tl.dot(tl.where(same, P, 0.0), k * k_decay, input_precision=PREC)
         dq += tl.exp(b) * tl.dot(do, tl.trans(S), input_precision=PREC)
         _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq * scale)
         kd = k * tl.exp(b_last[None, :] - b)
@@ -322,11 +352,18 @@ def _bwd_kernel(
         dq = _load_rows(dq_base, rows, sdk, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        E = _decay_tile(b, BT)
         P = tl.where(causal, tl.dot(do, tl.trans(v), input_precision=PREC), 0.0)
-        A = tl.sum(q[:, None, :] * k[None, :, :] * E, axis=2)  # scaled scores [t, s]
+        # Scaled scores A (as in forward) and dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s),
+        # sharing each tree level's decay factors.
+        A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
+        dk = tl.sum(tl.where(eye, P, 0.0), axis=0)[:, None] * q
+        for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+            q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+            qq = q * q_decay
+            kk = k * k_decay
+            A += tl.where(same, tl.dot(qq, tl.trans(kk), input_precision=PREC), 0.0)
+            dk += k_decay * tl.dot(tl.trans(tl.where(same, P, 0.0)), qq, input_precision=PREC)
         decay_k = tl.exp(b_last[None, :] - b)
-        dk = tl.sum(P[:, :, None] * q[:, None, :] * E, axis=0)
         dk += decay_k * tl.dot(v, tl.trans(dS), input_precision=PREC)
         dv = tl.dot(tl.trans(A), do, input_precision=PREC)
         dv += tl.dot(k * decay_k, dS, input_precision=PREC)
@@ -370,11 +407,11 @@ if _INTERPRET:
     _fix_interpreter_index()
 
 
-def _meta(q, v, scan_col: bool, reverse: bool):
+def _meta(q, v):
     dk, dv = q.shape[-1], v.shape[-1]
     full = q.dtype == torch.float32 and v.dtype == torch.float32
     return dict(DK=dk, DV=dv, BK=max(16, triton.next_power_of_2(dk)), BV=max(16, triton.next_power_of_2(dv)),
-                BT=CHUNK, COL=bool(scan_col), REVERSE=bool(reverse),
+                BT=CHUNK,
                 # float32 inputs get float32 matrix products; 16-bit inputs tf32 (more than they carry).
                 PREC="ieee" if full else "tf32")
 
@@ -399,7 +436,7 @@ def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int
     B, T, H, dk = q.shape
     dv = v.shape[-1]
     seg, nseg = plan_segments(B * H, T, segment)
-    meta = _meta(q, v, scan_col, reverse)
+    meta = _meta(q, v)
     o = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
     s0_shape, gs_shape = state_shapes(B, T, H, dk, dv, segment)
     s0 = torch.empty(s0_shape, dtype=torch.float32, device=q.device)
@@ -409,7 +446,7 @@ def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int
         u = torch.empty(s0_shape, dtype=torch.float32, device=q.device)
         _launch(_segment_state_kernel, nseg, B * H,
             k, v, g, u, gs, *_strides(k), *_strides(v), *_strides(g),
-            T, H, grid_h, grid_w, seg, nseg, **meta, **launch)
+            T, H, grid_h, grid_w, int(scan_col), int(reverse), seg, nseg, **meta, **launch)
         bufs = (u, gs, s0)
     else:
         # One segment: the state buffers are compiled out; any valid pointer stands in.
@@ -417,7 +454,8 @@ def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int
     _launch(_fwd_kernel, nseg, B * H,
         q, k, v, g, o, *bufs,
         *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(o),
-        T, H, grid_h, grid_w, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **meta, **launch)
+        T, H, grid_h, grid_w, int(scan_col), int(reverse), seg, nseg, float(scale), MULTI_SEG=nseg > 1, LOG2_BT=CHUNK.bit_length() - 1,
+        **meta, **launch)
     return o, s0, gs
 
 
@@ -427,7 +465,7 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
     B, T, H, dk = q.shape
     dv = v.shape[-1]
     seg, nseg = plan_segments(B * H, T, segment)
-    meta = _meta(q, v, scan_col, reverse)
+    meta = _meta(q, v)
     if do.stride(-1) != 1:
         do = do.contiguous()
     dq = torch.empty(B, T, H, dk, dtype=q.dtype, device=q.device)
@@ -439,12 +477,13 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
         du = torch.empty_like(s0)
         _launch(_segment_dstate_kernel, nseg, B * H,
             q, g, do, du, *_strides(q), *_strides(g), *_strides(do),
-            T, H, grid_h, grid_w, seg, nseg, float(scale), **meta, **launch)
+            T, H, grid_h, grid_w, int(scan_col), int(reverse), seg, nseg, float(scale), **meta, **launch)
     else:
         # One segment: the state buffers are compiled out; any valid pointer stands in.
         s0 = du = gs = dq
     _launch(_bwd_kernel, nseg, B * H,
         q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs,
         *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do),
-        T, H, grid_h, grid_w, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **meta, **launch)
+        T, H, grid_h, grid_w, int(scan_col), int(reverse), seg, nseg, float(scale), MULTI_SEG=nseg > 1, LOG2_BT=CHUNK.bit_length() - 1,
+        **meta, **launch)
     return dq, dk_, dv_, dg
