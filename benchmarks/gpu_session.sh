@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 if ls ../.whl/*.whl >/dev/null 2>&1; then WHL=../.whl; else WHL=.whl; fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHL/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-BENCH="import argparse, sys; from gladiff.cli import bench; p = argparse.ArgumentParser(prog='gladiff'); s = p.add_subparsers(); bench.register(s); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+BENCH="import argparse, sys; sys.argv[0] = 'gladiff'; from gladiff.cli import bench; p = argparse.ArgumentParser(prog='gladiff'); s = p.add_subparsers(); bench.register(s); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
 for arg in "$@"; do
   step=${arg%%:*}; limit=${arg#*:}; [ "$limit" = "$arg" ] && limit=120
   echo "=== $step (limit ${limit}s) $(date +%T)"
@@ -22,6 +22,7 @@ for arg in "$@"; do
     op) timeout $limit python3 -c "$BENCH" bench --op --gla-backends triton --out $OUT/op_bench.json > $log 2>&1;;
     op-fla) timeout $limit python3 -c "$BENCH" bench --op --gla-backends fla --dit-attn flash --out $OUT/op_bench_fla.json > $log 2>&1;;
     model) timeout $limit python3 -c "$BENCH" bench ${MODEL_ARGS:-} --out $OUT/model_bench.json > $log 2>&1;;
+    profile) timeout $limit bash -c "python3 benchmarks/profile_step.py --model DiG-XL/2 --res 256 --batch 32 --out $OUT/profile_dig_xl_256.json; python3 benchmarks/profile_step.py --model DiT-XL/2 --res 256 --batch 32 --attn flash --top 8; python3 benchmarks/profile_step.py --model DiG-S/2 --res 2048 --batch 1 --out $OUT/profile_dig_s_2048.json; python3 benchmarks/profile_step.py --model DiT-S/2 --res 2048 --batch 1 --attn cudnn --top 8" > $log 2>&1;;
     test) timeout $limit python3 -m pytest -q tests/ops > $log 2>&1;;
     *) echo "unknown step $step" > $log;;
   esac

@@ -107,3 +107,18 @@ def test_segment_plan_fills_the_gpu_and_covers_the_sequence():
         seg, nseg = K.plan_segments(bh, T)
         assert seg % K.CHUNK == 0 and (nseg - 1) * seg < T <= nseg * seg
         assert bh * nseg >= min(K.TARGET_PROGRAMS, bh * max(1, T // K.MIN_SEGMENT)) or nseg == 1
+
+
+def test_bf16_inputs_float32_gates():
+    """DiG's call: bf16 q/k/v, float32 log-gates. Outputs in bf16 precision; dg keeps float32's
+    (it is a difference of two sums that cancel, so it must not be formed from 16-bit parts)."""
+    grid = (8, 8)
+    q, k, v, g, do = make_inputs(1, 64, 2, 32, 64)
+    q, k, v, do = (x.bfloat16() for x in (q, k, v, do))
+    o, s0, gs = K.gla_fwd(q, k, v, g, 32 ** -0.5, False, True, *grid)
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 32 ** -0.5, False, True, *grid)
+    ref = reference(q.float(), k.float(), v.float(), g, do.float(), 32 ** -0.5, "row", True, grid)
+    assert o.dtype == torch.bfloat16 and grads[3].dtype == torch.float32
+    for name, a, r in zip(["o", "dq", "dk", "dv"], [o, *grads[:3]], ref[:4]):
+        assert rel(a, r) < 1e-2, name
+    assert rel(grads[3], ref[4]) < 1e-4

@@ -323,7 +323,12 @@ def _bwd_kernel(
             q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
             dq += q_decay * tl.dot(tl.where(same, P, 0.0), k * k_decay, input_precision=PREC)
         dq += tl.exp(b) * tl.dot(do, tl.trans(S), input_precision=PREC)
-        _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq * scale)
+        dq = dq * scale
+        _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq)
+        # q * dq, the query half of dg's summand, kept in float32 (in dg's buffer) for phase B:
+        # re-reading a 16-bit dq there would cost dg its precision (q dq - k dk cancels).
+        q_raw = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
+        _store_rows(dg_base, rows, sdk, offs_k, mt, mk, q_raw * dq)
         kd = k * tl.exp(b_last[None, :] - b)
         S = S * tl.exp(b_last)[:, None] + tl.dot(tl.trans(kd), v, input_precision=PREC)
 
@@ -335,7 +340,7 @@ def _bwd_kernel(
             dS = dS * tl.exp(tl.load(GS + st * BK + offs_k))[:, None] + tl.load(DU + st * BK * BV + state_offs)
     # dg beyond the segment: sum over later tokens of (q dq - k dk) = <S_end, dS_end> per key channel.
     r = tl.sum(S * dS, axis=1)
-    # Phase B re-reads dq written above by other threads of this program.
+    # Phase B re-reads q * dq written above by other threads of this program.
     tl.debug_barrier()
 
     # Phase B: backwards through the segment, carrying dS.
@@ -349,7 +354,7 @@ def _bwd_kernel(
         v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
         g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
         do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
-        dq = _load_rows(dq_base, rows, sdk, offs_k, mt, mk)
+        q_dq = _load_rows(dg_base, rows, sdk, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
         P = tl.where(causal, tl.dot(do, tl.trans(v), input_precision=PREC), 0.0)
@@ -367,8 +372,7 @@ def _bwd_kernel(
         dk += decay_k * tl.dot(v, tl.trans(dS), input_precision=PREC)
         dv = tl.dot(tl.trans(A), do, input_precision=PREC)
         dv += tl.dot(k * decay_k, dS, input_precision=PREC)
-        # q here carries the scale, dq is the gradient of the unscaled q: q_raw * dq = q * dq / scale.
-        x = q * dq / scale - k * dk
+        x = q_dq - k * dk
         dg = tl.cumsum(x, axis=0, reverse=True) + r[None, :]
         r += tl.sum(x, axis=0)
         dS = dS * tl.exp(b_last)[:, None] + tl.dot(tl.trans(q * tl.exp(b)), do, input_precision=PREC)
@@ -471,7 +475,8 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
     dq = torch.empty(B, T, H, dk, dtype=q.dtype, device=q.device)
     dk_ = torch.empty(B, T, H, dk, dtype=k.dtype, device=q.device)
     dv_ = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
-    dg = torch.empty(B, T, H, dk, dtype=g.dtype, device=q.device)
+    # dg's buffer doubles as float32 scratch for q * dq between the two phases.
+    dg = torch.empty(B, T, H, dk, dtype=torch.float32, device=q.device)
     launch = dict(num_warps=num_warps, num_stages=num_stages)
     if nseg > 1:
         du = torch.empty_like(s0)
@@ -486,4 +491,4 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
         *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do),
         T, H, grid_h, grid_w, int(scan_col), int(reverse), seg, nseg, float(scale), MULTI_SEG=nseg > 1, LOG2_BT=CHUNK.bit_length() - 1,
         **meta, **launch)
-    return dq, dk_, dv_, dg
+    return dq, dk_, dv_, dg.to(g.dtype)
