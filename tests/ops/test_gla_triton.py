@@ -105,7 +105,7 @@ def test_dispatcher_rules():
 def test_segment_plan_fills_the_gpu_and_covers_the_sequence():
     for bh, T in [(192, 256), (6, 16384), (24, 16384), (1, 37), (576, 256)]:
         seg, nseg = K.plan_segments(bh, T)
-        assert seg % K.CHUNK == 0 and (nseg - 1) * seg < T <= nseg * seg
+        assert seg % K.CONFIG["chunk"] == 0 and (nseg - 1) * seg < T <= nseg * seg
         assert bh * nseg >= min(K.TARGET_PROGRAMS, bh * max(1, T // K.MIN_SEGMENT)) or nseg == 1
 
 
@@ -122,3 +122,18 @@ def test_bf16_inputs_float32_gates():
     for name, a, r in zip(["o", "dq", "dk", "dv"], [o, *grads[:3]], ref[:4]):
         assert rel(a, r) < 1e-2, name
     assert rel(grads[3], ref[4]) < 1e-4
+
+
+@pytest.mark.parametrize("chunk,dot", [(16, "tf32"), (32, "bf16")])
+def test_launch_variants_match_recurrent(chunk, dot):
+    """Other chunk sizes (tree depths) and bf16 operands compute the same function."""
+    grid = (6, 8)
+    q, k, v, g, do = make_inputs(1, 48, 1, 16, 16)
+    q, k, v, do = (x.bfloat16() for x in (q, k, v, do)) if dot == "bf16" else (q, k, v, do)
+    kw = dict(segment=chunk, chunk=chunk, dot=dot)
+    o, s0, gs = K.gla_fwd(q, k, v, g, 0.25, True, False, *grid, **kw)
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.25, True, False, *grid, **kw)
+    ref = reference(q.float(), k.float(), v.float(), g, do.float(), 0.25, "col", False, grid)
+    tol = 2e-2 if dot == "bf16" else 1e-5
+    for name, a, r in zip(["o", "dq", "dk", "dv", "dg"], [o, *grads], ref):
+        assert rel(a, r) < tol, name

@@ -31,12 +31,31 @@ Forward launches 1 kernel (2 with segments), backward 1 (2 with segments).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-# Tokens per chunk (a power of two: the intra-chunk decay is split along a binary tree).
-CHUNK = 64
+# Launch configuration: tokens per chunk (a power of two: the intra-chunk decay is split along a
+# binary tree), warps and pipeline stages per program, and the operand precision of the products
+# for 16-bit inputs ("tf32": float32 operands, "bf16": operands rounded to bf16; float32 inputs
+# always use exact float32 products). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16"
+# overrides it (for tuning runs).
+CONFIG = dict(chunk=64, warps=4, stages=2, dot="tf32")
+
+
+def _config_from_env():
+    for item in filter(None, os.environ.get("GLADIFF_GLA_TRITON", "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in CONFIG:
+            raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
+        CONFIG[key] = value if key == "dot" else int(value)
+    if CONFIG["chunk"] not in (16, 32, 64, 128) or CONFIG["dot"] not in ("tf32", "bf16"):
+        raise ValueError(f"GLADIFF_GLA_TRITON: bad configuration {CONFIG}")
+
+
+_config_from_env()
 # Aim for at least this many programs per launch (H100/H200 have 132 multiprocessors).
 TARGET_PROGRAMS = 512
 MIN_SEGMENT = 256
@@ -45,19 +64,20 @@ MIN_SEGMENT = 256
 _RUNTIME_INTS = ["T", "grid_h", "grid_w", "COL", "REVERSE", "SEG", "NSEG"]
 
 
-def plan_segments(bh: int, T: int, segment: int | None = None) -> tuple[int, int]:
-    """Segment length (a multiple of ``CHUNK``) and segment count for ``bh`` sequences of ``T`` tokens.
+def plan_segments(bh: int, T: int, segment: int | None = None, chunk: int | None = None) -> tuple[int, int]:
+    """Segment length (a multiple of the chunk) and segment count for ``bh`` sequences of ``T`` tokens.
 
     Doubles the segment count while there are too few programs to fill the GPU and segments stay at
-    least ``MIN_SEGMENT`` long. ``segment`` overrides the length (rounded up to a multiple of ``CHUNK``).
+    least ``MIN_SEGMENT`` long. ``segment`` overrides the length (rounded up to a multiple of the chunk).
     """
+    chunk = chunk or CONFIG["chunk"]
     if segment is None:
         nseg = 1
-        while bh * nseg < TARGET_PROGRAMS and T // (2 * nseg) >= MIN_SEGMENT:
+        while bh * nseg < TARGET_PROGRAMS and T // (2 * nseg) >= max(MIN_SEGMENT, chunk):
             nseg *= 2
-        seg = triton.cdiv(triton.cdiv(T, nseg), CHUNK) * CHUNK
+        seg = triton.cdiv(triton.cdiv(T, nseg), chunk) * chunk
     else:
-        seg = max(CHUNK, triton.cdiv(int(segment), CHUNK) * CHUNK)
+        seg = max(chunk, triton.cdiv(int(segment), chunk) * chunk)
     return seg, triton.cdiv(T, seg)
 
 
@@ -70,6 +90,18 @@ def _raster(pos, T, grid_h, grid_w, COL, REVERSE):
     if COL:
         pos = (pos % grid_h) * grid_w + pos // grid_h
     return pos.to(tl.int64)
+
+
+@triton.jit
+def _mm(a, b, PREC: tl.constexpr):
+    """Matrix product with float32 accumulation; ``PREC`` "bf16" rounds the operands to bf16 (for
+    16-bit inputs), else it is Triton's float32 input precision ("ieee", "tf32")."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PREC == "bf16-emulated":  # Triton 3.6's CPU interpreter multiplies bf16 blocks wrongly
+        return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
@@ -120,7 +152,7 @@ def _intra_scores(q, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: 
     A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
     for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
         q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
-        A += tl.where(same, tl.dot(q * q_decay, tl.trans(k * k_decay), input_precision=PREC), 0.0)
+        A += tl.where(same, _mm(q * q_decay, tl.trans(k * k_decay), PREC), 0.0)
     return A
 
 
@@ -160,7 +192,7 @@ def _segment_state_kernel(
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
         kd = k * tl.exp(b_last[None, :] - b)
-        S = S * tl.exp(b_last)[:, None] + tl.dot(tl.trans(kd), v, input_precision=PREC)
+        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
         gsum += b_last
     st = (bh * NSEG + j).to(tl.int64)
     tl.store(U + st * BK * BV + offs_k[:, None] * BV + offs_v[None, :], S)
@@ -174,7 +206,7 @@ def _fwd_kernel(
     T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
-    LOG2_BT: tl.constexpr,
+    LOG2_BT: tl.constexpr, SPREC: tl.constexpr,
 ):
     """Outputs of segment j for one (batch, head); with segments, also stores its start state."""
     j = tl.program_id(0)
@@ -214,10 +246,10 @@ def _fwd_kernel(
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
         A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, PREC)  # [t, s]
-        o = tl.dot(A, v, input_precision=PREC) + tl.dot(q * tl.exp(b), S, input_precision=PREC)
+        o = _mm(A, v, PREC) + _mm(q * tl.exp(b), S, SPREC)
         _store_rows(o_base, rows, sot, offs_v, mt, mv, o)
         kd = k * tl.exp(b_last[None, :] - b)
-        S = S * tl.exp(b_last)[:, None] + tl.dot(tl.trans(kd), v, input_precision=PREC)
+        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -254,7 +286,7 @@ def _segment_dstate_kernel(
         g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
         do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
         b = tl.cumsum(g, axis=0) + b_off[None, :]
-        dS += tl.dot(tl.trans(q * tl.exp(b)), do, input_precision=PREC)
+        dS += _mm(tl.trans(q * tl.exp(b)), do, PREC)
         b_off += tl.sum(g, axis=0)
     st = (bh * NSEG + j).to(tl.int64)
     tl.store(DU + st * BK * BV + offs_k[:, None] * BV + offs_v[None, :], dS * scale)
@@ -267,7 +299,7 @@ def _bwd_kernel(
     T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
-    LOG2_BT: tl.constexpr,
+    LOG2_BT: tl.constexpr, SPREC: tl.constexpr,
 ):
     """Gradients of segment j for one (batch, head). ``DQ, DK_, DV_, DG`` are contiguous like
     their inputs' shapes, so they share the strides of ``Q``/``V`` rebuilt as contiguous:
@@ -316,13 +348,13 @@ def _bwd_kernel(
         do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        P = tl.where(causal, tl.dot(do, tl.trans(v), input_precision=PREC), 0.0)  # do_t . v_s
+        P = tl.where(causal, _mm(do, tl.trans(v), PREC), 0.0)  # do_t . v_s
         # dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s): diagonal, then each tree level.
         dq = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None] * k
         for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
             q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
-            dq += q_decay * tl.dot(tl.where(same, P, 0.0), k * k_decay, input_precision=PREC)
-        dq += tl.exp(b) * tl.dot(do, tl.trans(S), input_precision=PREC)
+            dq += q_decay * _mm(tl.where(same, P, 0.0), k * k_decay, PREC)
+        dq += tl.exp(b) * _mm(do, tl.trans(S), SPREC)
         dq = dq * scale
         _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq)
         # q * dq, the query half of dg's summand, kept in float32 (in dg's buffer) for phase B:
@@ -330,7 +362,7 @@ def _bwd_kernel(
         q_raw = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
         _store_rows(dg_base, rows, sdk, offs_k, mt, mk, q_raw * dq)
         kd = k * tl.exp(b_last[None, :] - b)
-        S = S * tl.exp(b_last)[:, None] + tl.dot(tl.trans(kd), v, input_precision=PREC)
+        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
 
     # Gradient on the state at the segment end, from the later segments.
     dS = tl.zeros([BK, BV], dtype=tl.float32)
@@ -357,7 +389,7 @@ def _bwd_kernel(
         q_dq = _load_rows(dg_base, rows, sdk, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        P = tl.where(causal, tl.dot(do, tl.trans(v), input_precision=PREC), 0.0)
+        P = tl.where(causal, _mm(do, tl.trans(v), PREC), 0.0)
         # Scaled scores A (as in forward) and dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s),
         # sharing each tree level's decay factors.
         A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
@@ -366,16 +398,16 @@ def _bwd_kernel(
             q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
             qq = q * q_decay
             kk = k * k_decay
-            A += tl.where(same, tl.dot(qq, tl.trans(kk), input_precision=PREC), 0.0)
-            dk += k_decay * tl.dot(tl.trans(tl.where(same, P, 0.0)), qq, input_precision=PREC)
+            A += tl.where(same, _mm(qq, tl.trans(kk), PREC), 0.0)
+            dk += k_decay * _mm(tl.trans(tl.where(same, P, 0.0)), qq, PREC)
         decay_k = tl.exp(b_last[None, :] - b)
-        dk += decay_k * tl.dot(v, tl.trans(dS), input_precision=PREC)
-        dv = tl.dot(tl.trans(A), do, input_precision=PREC)
-        dv += tl.dot(k * decay_k, dS, input_precision=PREC)
+        dk += decay_k * _mm(v, tl.trans(dS), SPREC)
+        dv = _mm(tl.trans(A), do, PREC)
+        dv += _mm(k * decay_k, dS, SPREC)
         x = q_dq - k * dk
         dg = tl.cumsum(x, axis=0, reverse=True) + r[None, :]
         r += tl.sum(x, axis=0)
-        dS = dS * tl.exp(b_last)[:, None] + tl.dot(tl.trans(q * tl.exp(b)), do, input_precision=PREC)
+        dS = dS * tl.exp(b_last)[:, None] + _mm(tl.trans(q * tl.exp(b)), do, PREC)
         _store_rows(dk_base, rows, sdk, offs_k, mt, mk, dk)
         _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)
         _store_rows(dg_base, rows, sdk, offs_k, mt, mk, dg)
@@ -411,18 +443,26 @@ if _INTERPRET:
     _fix_interpreter_index()
 
 
-def _meta(q, v):
+def _settings(q, v, chunk, num_warps, num_stages, dot):
+    """Compile-time constants and launch options for one call (``None`` -> ``CONFIG``)."""
     dk, dv = q.shape[-1], v.shape[-1]
+    chunk = chunk or CONFIG["chunk"]
     full = q.dtype == torch.float32 and v.dtype == torch.float32
-    return dict(DK=dk, DV=dv, BK=max(16, triton.next_power_of_2(dk)), BV=max(16, triton.next_power_of_2(dv)),
-                BT=CHUNK,
-                # float32 inputs get float32 matrix products; 16-bit inputs tf32 (more than they carry).
-                PREC="ieee" if full else "tf32")
+    # float32 inputs get float32 products; 16-bit inputs tf32 or bf16 operands, but products with
+    # the carried state keep tf32 (the state accumulates many tokens).
+    prec = "ieee" if full else (dot or CONFIG["dot"])
+    if prec == "bf16" and _INTERPRET:
+        prec = "bf16-emulated"
+    meta = dict(DK=dk, DV=dv, BK=max(16, triton.next_power_of_2(dk)), BV=max(16, triton.next_power_of_2(dv)),
+                BT=chunk, PREC=prec)
+    launch = dict(num_warps=num_warps or CONFIG["warps"], num_stages=num_stages or CONFIG["stages"])
+    main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32")
+    return chunk, meta, launch, main
 
 
-def state_shapes(B: int, T: int, H: int, dk: int, dv: int, segment: int | None = None):
+def state_shapes(B: int, T: int, H: int, dk: int, dv: int, segment: int | None = None, chunk: int | None = None):
     """Shapes of the saved segment-start states and segment log-decays (empty with one segment)."""
-    _, nseg = plan_segments(B * H, T, segment)
+    _, nseg = plan_segments(B * H, T, segment, chunk)
     if nseg == 1:
         return (0,), (0,)
     bk, bv = max(16, triton.next_power_of_2(dk)), max(16, triton.next_power_of_2(dv))
@@ -434,42 +474,44 @@ def _strides(x):
 
 
 def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
-            segment: int | None = None, num_warps: int = 4, num_stages: int = 2):
+            segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
+            num_stages: int | None = None, dot: str | None = None):
     """Forward. ``q, k, g: [B, T, H, dk]``, ``v: [B, T, H, dv]`` (last dim contiguous) ->
-    ``(o [B, T, H, dv] in v's dtype, segment-start states, segment log-decays)``."""
+    ``(o [B, T, H, dv] in v's dtype, segment-start states, segment log-decays)``. The keyword
+    arguments override ``CONFIG`` (tuning); backward must be called with the same ones."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    seg, nseg = plan_segments(B * H, T, segment)
-    meta = _meta(q, v)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot)
+    seg, nseg = plan_segments(B * H, T, segment, chunk)
     o = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
-    s0_shape, gs_shape = state_shapes(B, T, H, dk, dv, segment)
+    s0_shape, gs_shape = state_shapes(B, T, H, dk, dv, segment, chunk)
     s0 = torch.empty(s0_shape, dtype=torch.float32, device=q.device)
     gs = torch.empty(gs_shape, dtype=torch.float32, device=q.device)
-    launch = dict(num_warps=num_warps, num_stages=num_stages)
+    flags = (int(scan_col), int(reverse))
     if nseg > 1:
         u = torch.empty(s0_shape, dtype=torch.float32, device=q.device)
         _launch(_segment_state_kernel, nseg, B * H,
-            k, v, g, u, gs, *_strides(k), *_strides(v), *_strides(g),
-            T, H, grid_h, grid_w, int(scan_col), int(reverse), seg, nseg, **meta, **launch)
+                k, v, g, u, gs, *_strides(k), *_strides(v), *_strides(g),
+                T, H, grid_h, grid_w, *flags, seg, nseg, **meta, **launch)
         bufs = (u, gs, s0)
     else:
         # One segment: the state buffers are compiled out; any valid pointer stands in.
         bufs = (o, o, o)
     _launch(_fwd_kernel, nseg, B * H,
-        q, k, v, g, o, *bufs,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(o),
-        T, H, grid_h, grid_w, int(scan_col), int(reverse), seg, nseg, float(scale), MULTI_SEG=nseg > 1, LOG2_BT=CHUNK.bit_length() - 1,
-        **meta, **launch)
+            q, k, v, g, o, *bufs,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(o),
+            T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **main, **meta, **launch)
     return o, s0, gs
 
 
 def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
-            segment: int | None = None, num_warps: int = 4, num_stages: int = 2):
+            segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
+            num_stages: int | None = None, dot: str | None = None):
     """Backward: ``(dq, dk, dv, dg)``, contiguous, in the dtypes of ``q, k, v, g``."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    seg, nseg = plan_segments(B * H, T, segment)
-    meta = _meta(q, v)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot)
+    seg, nseg = plan_segments(B * H, T, segment, chunk)
     if do.stride(-1) != 1:
         do = do.contiguous()
     dq = torch.empty(B, T, H, dk, dtype=q.dtype, device=q.device)
@@ -477,18 +519,17 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
     dv_ = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
     # dg's buffer doubles as float32 scratch for q * dq between the two phases.
     dg = torch.empty(B, T, H, dk, dtype=torch.float32, device=q.device)
-    launch = dict(num_warps=num_warps, num_stages=num_stages)
+    flags = (int(scan_col), int(reverse))
     if nseg > 1:
         du = torch.empty_like(s0)
         _launch(_segment_dstate_kernel, nseg, B * H,
-            q, g, do, du, *_strides(q), *_strides(g), *_strides(do),
-            T, H, grid_h, grid_w, int(scan_col), int(reverse), seg, nseg, float(scale), **meta, **launch)
+                q, g, do, du, *_strides(q), *_strides(g), *_strides(do),
+                T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), **meta, **launch)
     else:
         # One segment: the state buffers are compiled out; any valid pointer stands in.
         s0 = du = gs = dq
     _launch(_bwd_kernel, nseg, B * H,
-        q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do),
-        T, H, grid_h, grid_w, int(scan_col), int(reverse), seg, nseg, float(scale), MULTI_SEG=nseg > 1, LOG2_BT=CHUNK.bit_length() - 1,
-        **meta, **launch)
+            q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do),
+            T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **main, **meta, **launch)
     return dq, dk_, dv_, dg.to(g.dtype)
