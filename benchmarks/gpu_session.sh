@@ -18,10 +18,14 @@ for arg in "$@"; do
     env) timeout $limit bash -c "nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv; python3 -c \"import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__)\"" > $log 2>&1;;
     check) timeout $limit python3 benchmarks/check_gla_gpu.py --backends chunk triton --out $OUT/gla_gpu_check.json > $log 2>&1;;
     check-fla) timeout $limit python3 benchmarks/check_gla_gpu.py --backends fla --dtypes bfloat16 --out $OUT/gla_gpu_check_fla.json > $log 2>&1;;
-    tune) timeout $limit python3 benchmarks/tune_gla_triton.py --out $OUT/gla_triton_tune.json > $log 2>&1;;
+    tune) timeout $limit python3 benchmarks/tune_gla_triton.py --out $OUT/gla_triton_tune.json --best /tmp/best_gla > $log 2>&1
+          # later steps of this call run with the fastest configuration found
+          if [ -s /tmp/best_gla ]; then export GLADIFF_GLA_TRITON=$(cat /tmp/best_gla); echo "GLADIFF_GLA_TRITON=$GLADIFF_GLA_TRITON" >> $log; fi;;
+    dwconv) timeout $limit python3 benchmarks/dwconv_layouts.py > $log 2>&1;;
     op) timeout $limit python3 -c "$BENCH" bench --op --gla-backends triton --out $OUT/op_bench.json > $log 2>&1;;
     op-fla) timeout $limit python3 -c "$BENCH" bench --op --gla-backends fla --dit-attn flash --out $OUT/op_bench_fla.json > $log 2>&1;;
     model) timeout $limit python3 -c "$BENCH" bench ${MODEL_ARGS:-} --out $OUT/model_bench.json > $log 2>&1;;
+    model2) timeout $limit python3 -c "$BENCH" bench ${MODEL2_ARGS:-} --out $OUT/model_bench2.json > $log 2>&1;;
     profile) timeout $limit bash -c "python3 benchmarks/profile_step.py --model DiG-XL/2 --res 256 --batch 32 --out $OUT/profile_dig_xl_256.json; python3 benchmarks/profile_step.py --model DiT-XL/2 --res 256 --batch 32 --attn flash --top 8; python3 benchmarks/profile_step.py --model DiG-S/2 --res 2048 --batch 1 --out $OUT/profile_dig_s_2048.json; python3 benchmarks/profile_step.py --model DiT-S/2 --res 2048 --batch 1 --attn cudnn --top 8" > $log 2>&1;;
     test) timeout $limit python3 -m pytest -q tests/ops > $log 2>&1;;
     *) echo "unknown step $step" > $log;;

@@ -30,6 +30,8 @@ def environment() -> dict:
         "flash_linear_attention": version("flash-linear-attention") or version("fla-core"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        # Launch configuration of our Triton GLA kernels when overridden (else the built-in default).
+        "gla_triton_config": os.environ.get("GLADIFF_GLA_TRITON") or "default",
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
