@@ -16,6 +16,10 @@ for arg in "$@"; do
   log=$OUT/$step.log
   case $step in
     env) timeout $limit bash -c "nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv; python3 -c \"import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__)\"" > $log 2>&1;;
+    check-cfg) timeout $limit python3 benchmarks/check_gla_gpu.py --backends triton --out $OUT/gla_gpu_check_cfg.json > $log 2>&1
+          # a configuration that fails the check falls back to tf32 operands at the same chunk size
+          if ! grep -q "'triton': True" $log; then export GLADIFF_GLA_TRITON=$(echo "$GLADIFF_GLA_TRITON" | sed 's/dot=bf16/dot=tf32/'); fi
+          echo "GLADIFF_GLA_TRITON=${GLADIFF_GLA_TRITON:-default}" >> $log;;
     check) timeout $limit python3 benchmarks/check_gla_gpu.py --backends chunk triton --out $OUT/gla_gpu_check.json > $log 2>&1;;
     check-fla) timeout $limit python3 benchmarks/check_gla_gpu.py --backends fla --dtypes bfloat16 --out $OUT/gla_gpu_check_fla.json > $log 2>&1;;
     tune) timeout $limit python3 benchmarks/tune_gla_triton.py --out $OUT/gla_triton_tune.json --best /tmp/best_gla > $log 2>&1

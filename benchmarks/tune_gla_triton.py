@@ -29,16 +29,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/gla_triton_tune.json")
     parser.add_argument("--best", default=None, help="write the best GLADIFF_GLA_TRITON string here")
-    parser.add_argument("--chunks", nargs="+", type=int, default=[32, 64])
-    parser.add_argument("--warps", nargs="+", type=int, default=[4, 8])
-    parser.add_argument("--dots", nargs="+", default=["tf32", "bf16"])
+    parser.add_argument("--configs", nargs="+", default=["32:tf32", "64:tf32", "16:bf16", "32:bf16"],
+                        help="chunk:operand-precision pairs")
+    parser.add_argument("--warps", nargs="+", type=int, default=[4])
     parser.add_argument("--segments", nargs="+", type=int, default=[0], help="0 = automatic")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_gla_triton: no CUDA GPU; nothing timed.")
         return 0
     rows = []
-    configs = list(itertools.product(args.chunks, args.warps, args.dots, args.segments))
+    pairs = [(int(c.split(":")[0]), c.split(":")[1]) for c in args.configs]
+    configs = [(chunk, warps, dot, seg) for (chunk, dot), warps, seg in itertools.product(pairs, args.warps, args.segments)]
     for B, H, T in SHAPES:
         q = torch.randn(B, T, H, 32, device="cuda", dtype=torch.bfloat16)
         k = torch.randn_like(q)

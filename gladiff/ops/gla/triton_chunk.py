@@ -51,8 +51,17 @@ def _config_from_env():
         if key not in CONFIG:
             raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
         CONFIG[key] = value if key == "dot" else int(value)
-    if CONFIG["chunk"] not in (16, 32, 64, 128) or CONFIG["dot"] not in ("tf32", "bf16"):
-        raise ValueError(f"GLADIFF_GLA_TRITON: bad configuration {CONFIG}")
+    _check_config(CONFIG["chunk"], CONFIG["dot"])
+
+
+def _check_config(chunk, dot):
+    if chunk not in (16, 32, 64) or dot not in ("tf32", "bf16"):
+        raise ValueError(f"GLA Triton configuration: chunk must be 16, 32 or 64 and dot tf32 or bf16; "
+                         f"got chunk={chunk}, dot={dot!r}")
+    if dot == "bf16" and chunk > 32:
+        # Seen on an H200 with Triton 3.6: the 64-token kernels with bf16 operands fault
+        # (illegal memory access) while 16/32 and every tf32 variant run correctly.
+        raise ValueError("GLA Triton configuration: bf16 operands need chunk <= 32")
 
 
 _config_from_env()
@@ -447,6 +456,7 @@ def _settings(q, v, chunk, num_warps, num_stages, dot):
     """Compile-time constants and launch options for one call (``None`` -> ``CONFIG``)."""
     dk, dv = q.shape[-1], v.shape[-1]
     chunk = chunk or CONFIG["chunk"]
+    _check_config(chunk, dot or CONFIG["dot"])
     full = q.dtype == torch.float32 and v.dtype == torch.float32
     # float32 inputs get float32 products; 16-bit inputs tf32 or bf16 operands, but products with
     # the carried state keep tf32 (the state accumulates many tokens).
