@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels, then run the named steps, each under its own time
-# limit, logging to $OUT/<step>.log (files under $OUT come back even when a step times out).
+# limit, logging to $OUT/session.log (files under $OUT come back even when a step times out).
 # Usage from the repo root on the GPU machine: bash benchmarks/gpu_session.sh STEP[:SECONDS]...
 # Steps: env, check, check-fla, tune, op, op-fla, model, test.
 set -u
@@ -13,7 +13,7 @@ BENCH="import argparse, sys; sys.argv[0] = 'gladiff'; from gladiff.cli import be
 for arg in "$@"; do
   step=${arg%%:*}; limit=${arg#*:}; [ "$limit" = "$arg" ] && limit=120
   echo "=== $step (limit ${limit}s) $(date +%T)"
-  log=$OUT/$step.log
+  mkdir -p /tmp/gs_logs; log=/tmp/gs_logs/$step.log
   case $step in
     env) timeout $limit bash -c "nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv; python3 -c \"import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__)\"" > $log 2>&1;;
     check-cfg) timeout $limit python3 benchmarks/check_gla_gpu.py --backends triton --out $OUT/gla_gpu_check_cfg.json > $log 2>&1
@@ -35,4 +35,5 @@ for arg in "$@"; do
     *) echo "unknown step $step" > $log;;
   esac
   echo "rc $? $(date +%T)"; grep -v "Warning\|warn(" $log | tail -${TAIL:-25}
+  { echo "=== $step"; cat $log; } >> $OUT/session.log
 done

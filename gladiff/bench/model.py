@@ -259,11 +259,16 @@ def plot_rows(summary, path) -> bool:
             continue
         res = [s["res"] for s in sel]
         color = f"C{i}"
-        ax1.plot(res, [s["dig_img_s"] for s in sel], "-o", color=color, label=f"DiG-{size} {work}")
-        ax1.plot(res, [s["dit_img_s"] or math.nan for s in sel], "--s", color=color, label=f"DiT-{size} {work}")
+        # Lines only between neighbouring resolutions (256 apart): nothing is drawn where nothing was measured.
+        joined = all(b - a == 256 for a, b in zip(res, res[1:]))
+        dig, dit = ("-o", "--s") if joined else ("o", "s")
+        ax1.plot(res, [s["dig_img_s"] for s in sel], dig, color=color, label=f"DiG-{size} {work}")
+        ax1.plot(res, [s["dit_img_s"] or math.nan for s in sel], dit, color=color, mfc="none",
+                 label=f"DiT-{size} {work}")
         if work == "train":
-            ax2.plot(res, [s["dig_peak_gb"] for s in sel], "-o", color=color, label=f"DiG-{size}")
-            ax2.plot(res, [s["dit_peak_gb"] or math.nan for s in sel], "--s", color=color, label=f"DiT-{size}")
+            ax2.plot(res, [s["dig_peak_gb"] for s in sel], dig, color=color, label=f"DiG-{size}")
+            ax2.plot(res, [s["dit_peak_gb"] or math.nan for s in sel], dit, color=color, mfc="none",
+                     label=f"DiT-{size}")
     ax1.set_yscale("log")
     ax1.set_xlabel("resolution (px)")
     ax1.set_ylabel("images / s (best execution mode)")
@@ -273,6 +278,7 @@ def plot_rows(summary, path) -> bool:
     ax2.set_title("memory")
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
+        ax.set_xticks(range(256, 2049, 256))
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

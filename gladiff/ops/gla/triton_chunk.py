@@ -42,7 +42,7 @@ import triton.language as tl
 # for 16-bit inputs ("tf32": float32 operands, "bf16": operands rounded to bf16; float32 inputs
 # always use exact float32 products). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16"
 # overrides it (for tuning runs).
-CONFIG = dict(chunk=64, warps=4, stages=2, dot="tf32")
+CONFIG = dict(chunk=32, warps=4, stages=2, dot="tf32")
 
 
 def _config_from_env():
