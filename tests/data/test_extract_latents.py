@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import corrupt_files
+from data_helpers import corrupt_files
 from PIL import Image
 
 import gladiff.data.extract as extract_mod

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import corrupt_files, write_images
+from data_helpers import corrupt_files, write_images
 from PIL import Image
 
 from gladiff.data import ImageFolderDataset, UnreadableImageWarning, build_dataset, center_crop_arr

@@ -12,7 +12,7 @@ from gladiff.data.vae import encode, load_vae
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory, small_vae_dir):
     """One float32 extraction with flipped copies, shared by the tests below."""
-    from conftest import write_images
+    from data_helpers import write_images
 
     root = tmp_path_factory.mktemp("lat")
     images = write_images(root / "images", {"b": [(40, 48), (32, 32), (50, 40)],
@@ -96,7 +96,7 @@ def test_latents_errors(extracted, tmp_path):
 
 def test_float16_storage_and_real_sd_architecture(tmp_path, sd_vae_dir):
     """The real SD VAE architecture end to end at 32 px, stored as float16."""
-    from conftest import write_images
+    from data_helpers import write_images
 
     images = write_images(tmp_path / "images", {"x": [(40, 32), (32, 48)], "y": [(33, 33)]})
     m = extract_latents(images, tmp_path / "out", image_size=32, vae=sd_vae_dir, device="cpu",

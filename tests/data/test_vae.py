@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import SD_VAE_CONFIG
+from data_helpers import SD_VAE_CONFIG
 
 from gladiff.data.vae import VAE_SCALE, decode, encode, encode_posterior, load_vae
 
