@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `gladiff --help` lists them.
-COMMANDS = ["models", "train", "extract_latents", "sample", "eval", "demo"]
+COMMANDS = ["models", "train", "extract_latents", "sample", "eval", "bench", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

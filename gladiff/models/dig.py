@@ -163,9 +163,12 @@ class DiGBlock(nn.Module):
         x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
         if self.dwconv is not None:
             B, T, D = x.shape
-            img = x.transpose(1, 2).reshape(B, D, *grid)
+            # Tokens [B, T, D] are the image in channels-last layout: view them as NCHW with
+            # channels-last strides (no copy) so the conv runs on cuDNN's NHWC depthwise kernels
+            # and its output reads back as [B, T, D] without a transpose copy either way.
+            img = x.reshape(B, *grid, D).permute(0, 3, 1, 2)
             img = F.conv2d(img, self.conv_weight(), self.dwconv.bias, padding=1, groups=D)
-            x = img.flatten(2).transpose(1, 2)
+            x = img.permute(0, 2, 3, 1).reshape(B, T, D)
         return x
 
 

@@ -5,10 +5,17 @@
     S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,    o_t = (scale * q_t) S_t
 
 Backends: ``"recurrent"`` (the exact recurrence, the reference), ``"chunk"`` (pure-PyTorch chunked
-parallel form), ``"fla"`` (flash-linear-attention's ``chunk_gla``; optional, CUDA) and ``"auto"``
-(the fastest one available for the inputs' device).
+parallel form), ``"triton"`` (our Triton kernels, scanning every SREM order by index arithmetic; a
+PyTorch custom op, CUDA), ``"fla"`` (flash-linear-attention's ``chunk_gla``; optional, CUDA) and
+``"auto"`` (the fastest one available for the inputs' device and dtype).
+
+Triton is imported only when the ``"triton"`` backend runs, so importing gladiff needs neither
+Triton nor a GPU.
 """
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import torch
 
@@ -17,7 +24,26 @@ from .chunk import gla_chunk
 from .naive import gla_recurrent
 from .order import SCANS, check_scan, scan_order
 
-BACKENDS = ("auto", "recurrent", "chunk", "fla")
+BACKENDS = ("auto", "recurrent", "chunk", "triton", "fla")
+# Looked up once: the dispatcher must stay cheap and traceable by torch.compile.
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_triton_impl = None
+
+
+def _triton_available(device: torch.device) -> bool:
+    if not _HAS_TRITON:
+        return False
+    # On the CPU the kernels run only under Triton's interpreter (tests).
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _gla_triton(*args, **kwargs):
+    global _triton_impl
+    if _triton_impl is None:
+        from .triton_op import gla_triton
+        _triton_impl = gla_triton
+    return _triton_impl(*args, **kwargs)
 
 __all__ = ["gla", "BACKENDS", "SCANS", "scan_order", "available_backends", "resolve_backend"]
 
@@ -26,18 +52,32 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on ``device``, fastest first."""
     device = torch.device(device)
     names = []
+    if device.type == "cuda" and _triton_available(device):
+        names.append("triton")
     if device.type == "cuda" and _fla.available():
         names.append("fla")
     names += ["chunk", "recurrent"]
     return names
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend ``backend`` means on ``device`` (``"auto"`` -> the fastest available)."""
+def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """The concrete backend ``backend`` means on ``device`` for inputs of ``dtype``
+    (``"auto"`` -> the fastest available)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown GLA backend {backend!r}; choose from {BACKENDS}")
+    device = torch.device(device)
     if backend == "auto":
-        return available_backends(device)[0]
+        names = available_backends(device)
+        if dtype is not None and dtype not in _TRITON_DTYPES and "triton" in names:
+            names.remove("triton")
+        return names[0]
+    if backend == "triton":
+        if not _triton_available(device):
+            raise ValueError("backend='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 "
+                             "for Triton's CPU interpreter)")
+        if dtype is not None and dtype not in _TRITON_DTYPES:
+            raise ValueError(f"backend='triton' takes float32, bfloat16 or float16 inputs, got {dtype}; "
+                             "use backend='chunk' or 'recurrent' for float64")
     if backend == "fla" and not _fla.available():
         raise ValueError("backend='fla' needs a CUDA device and flash-linear-attention "
                          "(pip install 'gladiff[fla]')")
@@ -73,6 +113,6 @@ def gla(q, k, v, g, *, scale=None, scan: str = "row", reverse: bool = False, gri
         raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     grid = check_scan(q.shape[1], scan, grid)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    backend = resolve_backend(backend, q.device)
-    fn = {"recurrent": gla_recurrent, "chunk": gla_chunk, "fla": _fla.gla_fla}[backend]
+    backend = resolve_backend(backend, q.device, q.dtype)
+    fn = {"recurrent": gla_recurrent, "chunk": gla_chunk, "fla": _fla.gla_fla, "triton": _gla_triton}[backend]
     return fn(q, k, v, g, scale, scan=scan, reverse=bool(reverse), grid=grid)

@@ -12,8 +12,12 @@ import torch
 from .order import is_identity, scan_order
 
 
+# Looked up once, so that dispatching stays traceable by torch.compile.
+_HAS_FLA = importlib.util.find_spec("fla") is not None
+
+
 def available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("fla") is not None
+    return _HAS_FLA and torch.cuda.is_available()
 
 
 def gla_fla(q, k, v, g, scale: float, scan: str = "row", reverse: bool = False, grid=None):

@@ -1,0 +1,103 @@
+"""Time our Triton GLA kernels (forward + backward) over launch configurations (chunk size, warps,
+bf16 or tf32 operands, segment length) at DiG's shapes; kernel time from CUDA-graph replays (no launch
+overhead). Each configuration's outputs are compared with the default configuration's, so a fast but
+wrong variant shows. Prints the configuration with the best geometric-mean time over the shapes, as a
+GLADIFF_GLA_TRITON string (also written to --best).
+
+    python benchmarks/tune_gla_triton.py [--out benchmarks/results/gla_triton_tune.json] [--best FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gladiff.bench.common import capture_graph, environment, gpu_time_ms, write_json  # noqa: E402
+from gladiff.ops.gla import triton_chunk as K  # noqa: E402
+
+# DiG-S/2 at 256 (batch 32) and 2048 (batch 1, 4); DiG-XL/2 at 256 (batch 32) and 1024 (batch 2).
+SHAPES = [(32, 6, 256), (1, 6, 16384), (4, 6, 16384), (32, 18, 256), (2, 18, 4096)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/gla_triton_tune.json")
+    parser.add_argument("--best", default=None, help="write the best GLADIFF_GLA_TRITON string here")
+    parser.add_argument("--configs", nargs="+", default=["32:tf32", "64:tf32", "16:bf16", "32:bf16"],
+                        help="chunk:operand-precision pairs")
+    parser.add_argument("--warps", nargs="+", type=int, default=[4])
+    parser.add_argument("--segments", nargs="+", type=int, default=[0], help="0 = automatic")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("tune_gla_triton: no CUDA GPU; nothing timed.")
+        return 0
+    rows = []
+    pairs = [(int(c.split(":")[0]), c.split(":")[1]) for c in args.configs]
+    configs = [(chunk, warps, dot, seg) for (chunk, dot), warps, seg in itertools.product(pairs, args.warps, args.segments)]
+    for B, H, T in SHAPES:
+        q = torch.randn(B, T, H, 32, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn_like(q)
+        v = torch.randn(B, T, H, 64, device="cuda", dtype=torch.bfloat16)
+        g = F.logsigmoid(torch.randn(B, T, H, 32, device="cuda")) / 16
+        do = torch.randn_like(v)
+        side = int(T ** 0.5)
+        args_ = (q, k, v, g)
+        o_ref, s0, gs = K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side)
+        ref = [o_ref, *K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side)]
+        for chunk, warps, dot, seg in configs:
+            kw = dict(segment=seg or None, chunk=chunk, num_warps=warps, dot=dot)
+            try:
+                o, s0, gs = K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side, **kw)
+                out = [o, *K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, **kw)]
+                diff = max(((a.float() - r.float()).norm() / r.float().norm()).item() for a, r in zip(out, ref))
+                fwd = capture_graph(lambda: K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side, **kw))
+                bwd = capture_graph(lambda: K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, **kw))
+                fwd_ms = gpu_time_ms(fwd.replay, warmup=3, reps=20)
+                bwd_ms = gpu_time_ms(bwd.replay, warmup=3, reps=20)
+            except Exception as err:
+                print(f"{(B, H, T)} {kw}: {type(err).__name__}: {str(err)[:200]}", flush=True)
+                continue
+            seg_len, nseg = K.plan_segments(B * H, T, kw["segment"], chunk)
+            rows.append(dict(B=B, H=H, T=T, chunk=chunk, warps=warps, dot=dot, segment=seg_len, nseg=nseg,
+                             auto=not seg, fwd_ms=fwd_ms, bwd_ms=bwd_ms, total_ms=fwd_ms + bwd_ms,
+                             rel_diff_vs_default=diff))
+            print(f"{str((B, H, T)):15} chunk {chunk:3d} w{warps} {dot:4} seg {seg_len:5d}x{nseg:<4d}: "
+                  f"fwd {fwd_ms:.3f} bwd {bwd_ms:.3f} total {fwd_ms + bwd_ms:.3f} ms  diff {diff:.1e}", flush=True)
+    # Best configuration overall: geometric mean over shapes of time / best time for that shape.
+    best_per_shape = {}
+    for r in rows:
+        key = (r["B"], r["H"], r["T"])
+        best_per_shape[key] = min(best_per_shape.get(key, math.inf), r["total_ms"])
+    scores = {}
+    for chunk, warps, dot, seg in configs:
+        sel = [r for r in rows if (r["chunk"], r["warps"], r["dot"]) == (chunk, warps, dot) and r["auto"] == (not seg)
+               and r["rel_diff_vs_default"] < 2e-2]
+        if len(sel) == len(best_per_shape):
+            scores[(chunk, warps, dot, seg)] = math.exp(sum(math.log(r["total_ms"] / best_per_shape[(r["B"], r["H"], r["T"])])
+                                                            for r in sel) / len(sel))
+    print("\nper shape, best total (fwd+bwd) kernel time:")
+    for key, ms in best_per_shape.items():
+        print(f"  {key}: {ms:.3f} ms")
+    best = None
+    if scores:
+        (chunk, warps, dot, seg), score = min(scores.items(), key=lambda x: x[1])
+        best = f"chunk={chunk},warps={warps},dot={dot}"
+        print(f"best configuration (geometric mean {score:.3f} of per-shape best): GLADIFF_GLA_TRITON={best}")
+        for key in best_per_shape:
+            r = next(r for r in rows if (r["B"], r["H"], r["T"]) == key and
+                     (r["chunk"], r["warps"], r["dot"]) == (chunk, warps, dot) and r["auto"])
+            print(f"  {key}: fwd {r['fwd_ms']:.3f} bwd {r['bwd_ms']:.3f} total {r['total_ms']:.3f} ms")
+        if args.best:
+            Path(args.best).write_text(best + "\n")
+    write_json(args.out, dict(environment(), kind="gla_triton_tune", rows=rows, best=best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

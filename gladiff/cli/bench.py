@@ -1,0 +1,71 @@
+"""`gladiff bench`: DiG vs DiT throughput and memory (BENCHMARKS.md's protocol), or with ``--op`` the
+token mixer alone (GLA vs SDPA). Writes JSON (and a plot) into ``benchmarks/results/``."""
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..bench.common import environment, no_gpu_message, write_json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmark DiG vs DiT (or --op: the token mixer alone) on a GPU",
+                              description=__doc__)
+    p.add_argument("--op", action="store_true", help="time the GLA token mixer alone against SDPA")
+    p.add_argument("--models", nargs="+", default=["S/2", "XL/2"], help="model sizes (default S/2 XL/2)")
+    p.add_argument("--res", nargs="+", type=int, default=None,
+                   help="image resolutions (default 256..2048 step 256; latent = res/8)")
+    p.add_argument("--batch", nargs="+", type=int, default=[],
+                   help="extra fixed batch sizes besides max(1, 32*(256/res)^2)")
+    p.add_argument("--work", nargs="+", default=["train", "sample"], choices=["train", "sample"])
+    p.add_argument("--modes", nargs="+", default=None,
+                   help="execution modes to try (eager compile graph); the best counts")
+    p.add_argument("--dit-attn", nargs="+", default=["flash", "cudnn"], choices=["flash", "cudnn"],
+                   help="SDPA backends tried for DiT; the fastest counts")
+    p.add_argument("--gla-backends", nargs="+", default=None, help="--op: GLA backends (default triton fla)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<kind>_<card>_<time>.json)")
+    p.add_argument("--plot", default=None, help="PNG path for the throughput/memory plot (model bench)")
+    p.add_argument("--reps", type=int, default=10, help="timed repeats per measurement (median)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop starting new measurements after this long (partial results are kept)")
+    p.set_defaults(func=run)
+
+
+def _default_out(kind: str, env: dict) -> str:
+    card = (env.get("card") or "cpu").replace(" ", "_").replace("/", "_")
+    return f"benchmarks/results/{kind}_{card}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def run(args) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print(no_gpu_message("gladiff bench"))
+        return 0
+    env = environment()
+    if args.op:
+        from ..bench.op import format_rows, run_op_bench
+
+        rows = run_op_bench(gla_backends=tuple(args.gla_backends or ("triton", "fla")),
+                            sdpa_backends=tuple(args.dit_attn))
+        print(f"\ncard: {env['card']}\n" + format_rows(rows))
+        path = write_json(args.out or _default_out("op", env), dict(env, kind="op", rows=rows))
+        print(f"wrote {path}")
+        return 0
+    from ..bench.model import format_rows as format_model_rows
+    from ..bench.model import plot_rows, run_model_bench
+
+    out = args.out or _default_out("model", env)
+    # Saved after every measurement, so a run cut short keeps what it measured.
+    save = lambda result: write_json(out, dict(env, kind="model", **result))
+    result = run_model_bench(models=args.models, resolutions=args.res, extra_batches=args.batch,
+                             work=args.work, modes=args.modes, dit_attn=args.dit_attn, reps=args.reps,
+                             max_minutes=args.max_minutes, on_row=save)
+    path = save(result)
+    print(f"\ncard: {env['card']}, bf16 matmul ceiling {result['matmul_tflops']:.0f} TFLOP/s\n"
+          + format_model_rows(result["summary"]))
+    print(f"wrote {path}")
+    plot = args.plot or str(path).replace(".json", ".png")
+    if plot_rows(result["summary"], plot):
+        print(f"wrote {plot}")
+    return 0

@@ -1,0 +1,545 @@
+"""Triton kernels for chunked GLA that scan in any SREM order by index arithmetic.
+
+The math (per batch and head, along the scan order, ``b`` = cumulative log-gate inside a chunk)::
+
+    o_t  = scale * (q_t * exp(b_t)) S_in + sum_{s <= t in chunk} scale * (q_t . k_s * exp(b_t - b_s)) v_s
+    S_out = exp(b_L) * S_in + sum_s (k_s * exp(b_L - b_s))^T v_s          (b_L: the chunk's last b)
+
+Design (why it looks the way it does):
+
+* **Scan orders without copies.** Tokens stay in raster order in memory; a program walks scan
+  positions ``pos`` and loads row ``raster(pos)`` = ``T-1-pos`` (reversed) then
+  ``(pos % h) * w + pos // h`` (column-major). Rows of a ``[B, T, H, d]`` tensor are strided by
+  ``H*d`` anyway, so a gathered row costs the same as a contiguous one.
+* **Chunks of 16 tokens, exact per-channel decay.** Inside a chunk the decay ``exp(b_t - b_s)`` is
+  formed per key channel as a ``[16, 16, dk]`` tile, masked *before* the exponential, so every
+  exponent is ``<= 0`` however negative the gates are. Everything longer than a chunk goes through
+  the carried ``dk x dv`` state, whose factors ``exp(b_t)`` and ``exp(b_L - b_s)`` are ``<= 0`` in
+  the exponent too. The cumulative gate sums are taken in registers (never written out).
+* **Segments for parallelism.** One program owns one (batch*head, segment) pair and walks the
+  segment's chunks in sequence with the state in registers. When there are few (batch, head)
+  pairs (long sequences), the sequence is cut into segments: a small kernel first reduces each
+  segment to its state update ``U_j`` and total log-decay ``G_j``, and each program rebuilds the
+  state at its segment start from those (``S_j = exp(G_{j-1}) S_{j-1} + U_{j-1}``).
+* **Backward by recomputation.** Forward saves only the segment-start states (``dk x dv`` per
+  segment, not per token). The backward kernel walks its segment forwards (rebuilding the state,
+  writing ``dq``), then backwards carrying ``dS`` (writing ``dk``, ``dv``, ``dg``). The gate
+  gradient is ``dg = reverse-cumsum(q*dq - k*dk)`` along the scan; its tail beyond a segment is
+  ``sum_v S_end * dS_end`` (the gradient of a log-decay applied to the segment's end state).
+
+Forward launches 1 kernel (2 with segments), backward 1 (2 with segments).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Launch configuration: tokens per chunk (a power of two: the intra-chunk decay is split along a
+# binary tree), warps and pipeline stages per program, and the operand precision of the products
+# for 16-bit inputs ("tf32": float32 operands, "bf16": operands rounded to bf16; float32 inputs
+# always use exact float32 products). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16"
+# overrides it (for tuning runs).
+CONFIG = dict(chunk=32, warps=4, stages=2, dot="tf32")
+
+
+def _config_from_env():
+    for item in filter(None, os.environ.get("GLADIFF_GLA_TRITON", "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in CONFIG:
+            raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
+        CONFIG[key] = value if key == "dot" else int(value)
+    _check_config(CONFIG["chunk"], CONFIG["dot"])
+
+
+def _check_config(chunk, dot):
+    if chunk not in (16, 32, 64) or dot not in ("tf32", "bf16"):
+        raise ValueError(f"GLA Triton configuration: chunk must be 16, 32 or 64 and dot tf32 or bf16; "
+                         f"got chunk={chunk}, dot={dot!r}")
+    if dot == "bf16" and chunk > 32:
+        # Seen on an H200 with Triton 3.6: the 64-token kernels with bf16 operands fault
+        # (illegal memory access) while 16/32 and every tf32 variant run correctly.
+        raise ValueError("GLA Triton configuration: bf16 operands need chunk <= 32")
+
+
+_config_from_env()
+# Aim for at least this many programs per launch (H100/H200 have 132 multiprocessors).
+TARGET_PROGRAMS = 512
+MIN_SEGMENT = 256
+# Integer arguments Triton should not specialise on (a value of 1 or a multiple of 16 would otherwise
+# compile another kernel): sizes and scan flags vary from call to call.
+_RUNTIME_INTS = ["T", "grid_h", "grid_w", "COL", "REVERSE", "SEG", "NSEG"]
+
+
+def plan_segments(bh: int, T: int, segment: int | None = None, chunk: int | None = None) -> tuple[int, int]:
+    """Segment length (a multiple of the chunk) and segment count for ``bh`` sequences of ``T`` tokens.
+
+    Doubles the segment count while there are too few programs to fill the GPU and segments stay at
+    least ``MIN_SEGMENT`` long. ``segment`` overrides the length (rounded up to a multiple of the chunk).
+    """
+    chunk = chunk or CONFIG["chunk"]
+    if segment is None:
+        nseg = 1
+        while bh * nseg < TARGET_PROGRAMS and T // (2 * nseg) >= max(MIN_SEGMENT, chunk):
+            nseg *= 2
+        seg = triton.cdiv(triton.cdiv(T, nseg), chunk) * chunk
+    else:
+        seg = max(chunk, triton.cdiv(int(segment), chunk) * chunk)
+    return seg, triton.cdiv(T, seg)
+
+
+@triton.jit
+def _raster(pos, T, grid_h, grid_w, COL, REVERSE):
+    """Raster index of scan positions ``pos`` (int vector) in one of the four SREM orders
+    (``COL``, ``REVERSE``: run-time flags, so one compiled kernel serves all four)."""
+    if REVERSE:
+        pos = T - 1 - pos
+    if COL:
+        pos = (pos % grid_h) * grid_w + pos // grid_h
+    return pos.to(tl.int64)
+
+
+@triton.jit
+def _mm(a, b, PREC: tl.constexpr):
+    """Matrix product with float32 accumulation; ``PREC`` "bf16" rounds the operands to bf16 (for
+    16-bit inputs), else it is Triton's float32 input precision ("ieee", "tf32")."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PREC == "bf16-emulated":  # Triton 3.6's CPU interpreter multiplies bf16 blocks wrongly
+        return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _n_chunks(T, t0, SEG, BT: tl.constexpr):
+    """Chunks in the segment starting at scan position ``t0`` (the last segment may be short)."""
+    n = T - t0
+    if n > SEG:
+        n = SEG
+    return (n + BT - 1) // BT
+
+
+@triton.jit
+def _load_rows(base, rows, stride_t, offs, mask_t, mask_d):
+    """``[BT, BD]`` tile of rows ``rows`` (int64) of a ``[T, d]`` view, zero outside, as float32."""
+    ptr = base + rows[:, None] * stride_t + offs[None, :]
+    return tl.load(ptr, mask=mask_t[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(base, rows, stride_t, offs, mask_t, mask_d, x):
+    ptr = base + rows[:, None] * stride_t + offs[None, :]
+    tl.store(ptr, x.to(base.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _level(b, offs_t, sh, BT: tl.constexpr, BK: tl.constexpr):
+    """One level of the chunk's binary tree: blocks of ``2**sh`` tokens whose second half queries
+    their first half. With ``r`` the last token of the first half, ``exp(b_t - b_s)`` splits into a
+    query factor ``exp(b_t - b_r)`` (second-half rows, else 0) and a key factor ``exp(b_r - b_s)``
+    (first-half rows, else 0); both exponents are <= 0 and are masked before the exponential.
+    Returns the two ``[BT, BK]`` factors and the ``[BT, BT]`` mask of pairs inside one block."""
+    half = 1 << (sh - 1)
+    ref = ((offs_t >> sh) << sh) + (half - 1)
+    b_ref = tl.gather(b, tl.broadcast_to(ref[:, None], (BT, BK)), axis=0)
+    second = (offs_t & half) != 0
+    q_decay = tl.exp(tl.where(second[:, None], b - b_ref, float("-inf")))
+    k_decay = tl.exp(tl.where(second[:, None], float("-inf"), b_ref - b))
+    same = (offs_t[:, None] >> sh) == (offs_t[None, :] >> sh)
+    return q_decay, k_decay, same
+
+
+@triton.jit
+def _intra_scores(q, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+                  PREC: tl.constexpr):
+    """``A[t, s] = sum_d q[t,d] k[s,d] exp(b[t,d] - b[s,d])`` for s <= t inside the chunk, else 0:
+    the diagonal directly, every pair s < t at the tree level where t and s part, as a matmul."""
+    eye = offs_t[:, None] == offs_t[None, :]
+    A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
+    for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+        q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+        A += tl.where(same, _mm(q * q_decay, tl.trans(k * k_decay), PREC), 0.0)
+    return A
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _segment_state_kernel(
+    K, V, G, U, GS,
+    skb, skt, skh, svb, svt, svh, sgb, sgt, sgh,
+    T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG,
+    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Per (segment j, batch*head): ``U_j = sum_s (k_s exp(G_j - B_s))^T v_s`` and ``G_j`` (the
+    segment's summed log-gate), where ``B_s`` is the log-gate cumulated from the segment start."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
+    n_chunks = _n_chunks(T, j * SEG, SEG, BT)
+    b_idx = bh // H
+    h_idx = bh % H
+    offs_t = tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    offs_v = tl.arange(0, BV)
+    mk = offs_k < DK
+    mv = offs_v < DV
+    k_base = K + b_idx * skb + h_idx * skh
+    v_base = V + b_idx * svb + h_idx * svh
+    g_base = G + b_idx * sgb + h_idx * sgh
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    gsum = tl.zeros([BK], dtype=tl.float32)
+    t0 = j * SEG
+    for c in range(0, n_chunks):
+        pos = t0 + c * BT + offs_t
+        mt = pos < T
+        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
+        v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
+        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+        b = tl.cumsum(g, axis=0)
+        b_last = tl.sum(g, axis=0)
+        kd = k * tl.exp(b_last[None, :] - b)
+        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
+        gsum += b_last
+    st = (bh * NSEG + j).to(tl.int64)
+    tl.store(U + st * BK * BV + offs_k[:, None] * BV + offs_v[None, :], S)
+    tl.store(GS + st * BK + offs_k, gsum)
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _fwd_kernel(
+    Q, K, V, G, O, U, GS, S0,
+    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sob, sot, soh,
+    T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
+    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
+    LOG2_BT: tl.constexpr, SPREC: tl.constexpr,
+):
+    """Outputs of segment j for one (batch, head); with segments, also stores its start state."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
+    n_chunks = _n_chunks(T, j * SEG, SEG, BT)
+    b_idx = bh // H
+    h_idx = bh % H
+    offs_t = tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    offs_v = tl.arange(0, BV)
+    mk = offs_k < DK
+    mv = offs_v < DV
+    q_base = Q + b_idx * sqb + h_idx * sqh
+    k_base = K + b_idx * skb + h_idx * skh
+    v_base = V + b_idx * svb + h_idx * svh
+    g_base = G + b_idx * sgb + h_idx * sgh
+    o_base = O + b_idx * sob + h_idx * soh
+    state_offs = offs_k[:, None] * BV + offs_v[None, :]
+
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if MULTI_SEG:
+        # State at this segment's start from the earlier segments' updates.
+        for i in range(0, j):
+            st = (bh * NSEG + i).to(tl.int64)
+            S = S * tl.exp(tl.load(GS + st * BK + offs_k))[:, None] + tl.load(U + st * BK * BV + state_offs)
+        tl.store(S0 + (bh * NSEG + j).to(tl.int64) * BK * BV + state_offs, S)
+
+    t0 = j * SEG
+    for c in range(0, n_chunks):
+        pos = t0 + c * BT + offs_t
+        mt = pos < T
+        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
+        k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
+        v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
+        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+        b = tl.cumsum(g, axis=0)
+        b_last = tl.sum(g, axis=0)
+        A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, PREC)  # [t, s]
+        o = _mm(A, v, PREC) + _mm(q * tl.exp(b), S, SPREC)
+        _store_rows(o_base, rows, sot, offs_v, mt, mv, o)
+        kd = k * tl.exp(b_last[None, :] - b)
+        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _segment_dstate_kernel(
+    Q, G, DO, DU,
+    sqb, sqt, sqh, sgb, sgt, sgh, sdb, sdt, sdh,
+    T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
+    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Per (segment j, batch*head): the gradient on the state at segment j's start from the outputs
+    inside segment j, ``dU_j = scale * sum_t (q_t exp(B_t))^T do_t`` (``B_t`` cumulated from the start)."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
+    n_chunks = _n_chunks(T, j * SEG, SEG, BT)
+    b_idx = bh // H
+    h_idx = bh % H
+    offs_t = tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    offs_v = tl.arange(0, BV)
+    mk = offs_k < DK
+    mv = offs_v < DV
+    q_base = Q + b_idx * sqb + h_idx * sqh
+    g_base = G + b_idx * sgb + h_idx * sgh
+    do_base = DO + b_idx * sdb + h_idx * sdh
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    b_off = tl.zeros([BK], dtype=tl.float32)
+    t0 = j * SEG
+    for c in range(0, n_chunks):
+        pos = t0 + c * BT + offs_t
+        mt = pos < T
+        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        q = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
+        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+        do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
+        b = tl.cumsum(g, axis=0) + b_off[None, :]
+        dS += _mm(tl.trans(q * tl.exp(b)), do, PREC)
+        b_off += tl.sum(g, axis=0)
+    st = (bh * NSEG + j).to(tl.int64)
+    tl.store(DU + st * BK * BV + offs_k[:, None] * BV + offs_v[None, :], dS * scale)
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _bwd_kernel(
+    Q, K, V, G, DO, DQ, DK_, DV_, DG, S0, DU, GS,
+    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sdb, sdt, sdh,
+    T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
+    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
+    LOG2_BT: tl.constexpr, SPREC: tl.constexpr,
+):
+    """Gradients of segment j for one (batch, head). ``DQ, DK_, DV_, DG`` are contiguous like
+    their inputs' shapes, so they share the strides of ``Q``/``V`` rebuilt as contiguous:
+    dq/dk/dg use ``[T, H, DK]`` strides, dv ``[T, H, DV]``."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
+    n_chunks = _n_chunks(T, j * SEG, SEG, BT)
+    b_idx = bh // H
+    h_idx = bh % H
+    offs_t = tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    offs_v = tl.arange(0, BV)
+    mk = offs_k < DK
+    mv = offs_v < DV
+    q_base = Q + b_idx * sqb + h_idx * sqh
+    k_base = K + b_idx * skb + h_idx * skh
+    v_base = V + b_idx * svb + h_idx * svh
+    g_base = G + b_idx * sgb + h_idx * sgh
+    do_base = DO + b_idx * sdb + h_idx * sdh
+    # Gradient outputs are contiguous [B, T, H, d].
+    gk_off = b_idx.to(tl.int64) * T * H * DK + h_idx * DK
+    gv_off = b_idx.to(tl.int64) * T * H * DV + h_idx * DV
+    dq_base = DQ + gk_off
+    dk_base = DK_ + gk_off
+    dg_base = DG + gk_off
+    dv_base = DV_ + gv_off
+    sdk = H * DK
+    sdv = H * DV
+    state_offs = offs_k[:, None] * BV + offs_v[None, :]
+    causal = offs_t[:, None] >= offs_t[None, :]
+    eye = offs_t[:, None] == offs_t[None, :]
+    t0 = j * SEG
+
+    # Phase A: forwards through the segment, rebuilding the state; dq needs only the past.
+    if MULTI_SEG:
+        S = tl.load(S0 + (bh * NSEG + j).to(tl.int64) * BK * BV + state_offs)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    for c in range(0, n_chunks):
+        pos = t0 + c * BT + offs_t
+        mt = pos < T
+        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
+        v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
+        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+        do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
+        b = tl.cumsum(g, axis=0)
+        b_last = tl.sum(g, axis=0)
+        P = tl.where(causal, _mm(do, tl.trans(v), PREC), 0.0)  # do_t . v_s
+        # dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s): diagonal, then each tree level.
+        dq = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None] * k
+        for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+            q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+            dq += q_decay * _mm(tl.where(same, P, 0.0), k * k_decay, PREC)
+        dq += tl.exp(b) * _mm(do, tl.trans(S), SPREC)
+        dq = dq * scale
+        _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq)
+        # q * dq, the query half of dg's summand, kept in float32 (in dg's buffer) for phase B:
+        # re-reading a 16-bit dq there would cost dg its precision (q dq - k dk cancels).
+        q_raw = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
+        _store_rows(dg_base, rows, sdk, offs_k, mt, mk, q_raw * dq)
+        kd = k * tl.exp(b_last[None, :] - b)
+        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
+
+    # Gradient on the state at the segment end, from the later segments.
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if MULTI_SEG:
+        for it in range(0, NSEG - 1 - j):
+            st = (bh * NSEG + NSEG - 1 - it).to(tl.int64)
+            dS = dS * tl.exp(tl.load(GS + st * BK + offs_k))[:, None] + tl.load(DU + st * BK * BV + state_offs)
+    # dg beyond the segment: sum over later tokens of (q dq - k dk) = <S_end, dS_end> per key channel.
+    r = tl.sum(S * dS, axis=1)
+    # Phase B re-reads q * dq written above by other threads of this program.
+    tl.debug_barrier()
+
+    # Phase B: backwards through the segment, carrying dS.
+    for it in range(0, n_chunks):
+        c = n_chunks - 1 - it
+        pos = t0 + c * BT + offs_t
+        mt = pos < T
+        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
+        k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
+        v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
+        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+        do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
+        q_dq = _load_rows(dg_base, rows, sdk, offs_k, mt, mk)
+        b = tl.cumsum(g, axis=0)
+        b_last = tl.sum(g, axis=0)
+        P = tl.where(causal, _mm(do, tl.trans(v), PREC), 0.0)
+        # Scaled scores A (as in forward) and dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s),
+        # sharing each tree level's decay factors.
+        A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
+        dk = tl.sum(tl.where(eye, P, 0.0), axis=0)[:, None] * q
+        for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+            q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+            qq = q * q_decay
+            kk = k * k_decay
+            A += tl.where(same, _mm(qq, tl.trans(kk), PREC), 0.0)
+            dk += k_decay * _mm(tl.trans(tl.where(same, P, 0.0)), qq, PREC)
+        decay_k = tl.exp(b_last[None, :] - b)
+        dk += decay_k * _mm(v, tl.trans(dS), SPREC)
+        dv = _mm(tl.trans(A), do, PREC)
+        dv += _mm(k * decay_k, dS, SPREC)
+        x = q_dq - k * dk
+        dg = tl.cumsum(x, axis=0, reverse=True) + r[None, :]
+        r += tl.sum(x, axis=0)
+        dS = dS * tl.exp(b_last)[:, None] + _mm(tl.trans(q * tl.exp(b)), do, PREC)
+        _store_rows(dk_base, rows, sdk, offs_k, mt, mk, dk)
+        _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)
+        _store_rows(dg_base, rows, sdk, offs_k, mt, mk, dg)
+
+
+def _launch(kernel, nseg: int, bh: int, *args, **kwargs):
+    """One program per (segment, batch*head)."""
+    kernel[(nseg, bh)](*args, **kwargs)
+
+
+# Triton picks the interpreter when the kernels are decorated (TRITON_INTERPRET=1 at import).
+_INTERPRET = type(_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def _fix_interpreter_index():
+    """Triton 3.6's CPU interpreter turns a scalar into ``int`` with ``int(array_of_shape_1)``, which
+    NumPy >= 2.4 refuses; every loop with a run-time bound then fails. Patch that one conversion."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_gladiff_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._gladiff_fixed = True
+    interpreter._patch_lang_tensor = patched
+
+
+if _INTERPRET:
+    _fix_interpreter_index()
+
+
+def _settings(q, v, chunk, num_warps, num_stages, dot):
+    """Compile-time constants and launch options for one call (``None`` -> ``CONFIG``)."""
+    dk, dv = q.shape[-1], v.shape[-1]
+    chunk = chunk or CONFIG["chunk"]
+    _check_config(chunk, dot or CONFIG["dot"])
+    full = q.dtype == torch.float32 and v.dtype == torch.float32
+    # float32 inputs get float32 products; 16-bit inputs tf32 or bf16 operands, but products with
+    # the carried state keep tf32 (the state accumulates many tokens).
+    prec = "ieee" if full else (dot or CONFIG["dot"])
+    if prec == "bf16" and _INTERPRET:
+        prec = "bf16-emulated"
+    meta = dict(DK=dk, DV=dv, BK=max(16, triton.next_power_of_2(dk)), BV=max(16, triton.next_power_of_2(dv)),
+                BT=chunk, PREC=prec)
+    launch = dict(num_warps=num_warps or CONFIG["warps"], num_stages=num_stages or CONFIG["stages"])
+    main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32")
+    return chunk, meta, launch, main
+
+
+def state_shapes(B: int, T: int, H: int, dk: int, dv: int, segment: int | None = None, chunk: int | None = None):
+    """Shapes of the saved segment-start states and segment log-decays (empty with one segment)."""
+    _, nseg = plan_segments(B * H, T, segment, chunk)
+    if nseg == 1:
+        return (0,), (0,)
+    bk, bv = max(16, triton.next_power_of_2(dk)), max(16, triton.next_power_of_2(dv))
+    return (B * H, nseg, bk, bv), (B * H, nseg, bk)
+
+
+def _strides(x):
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
+            segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
+            num_stages: int | None = None, dot: str | None = None):
+    """Forward. ``q, k, g: [B, T, H, dk]``, ``v: [B, T, H, dv]`` (last dim contiguous) ->
+    ``(o [B, T, H, dv] in v's dtype, segment-start states, segment log-decays)``. The keyword
+    arguments override ``CONFIG`` (tuning); backward must be called with the same ones."""
+    B, T, H, dk = q.shape
+    dv = v.shape[-1]
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot)
+    seg, nseg = plan_segments(B * H, T, segment, chunk)
+    o = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
+    s0_shape, gs_shape = state_shapes(B, T, H, dk, dv, segment, chunk)
+    s0 = torch.empty(s0_shape, dtype=torch.float32, device=q.device)
+    gs = torch.empty(gs_shape, dtype=torch.float32, device=q.device)
+    flags = (int(scan_col), int(reverse))
+    if nseg > 1:
+        u = torch.empty(s0_shape, dtype=torch.float32, device=q.device)
+        _launch(_segment_state_kernel, nseg, B * H,
+                k, v, g, u, gs, *_strides(k), *_strides(v), *_strides(g),
+                T, H, grid_h, grid_w, *flags, seg, nseg, **meta, **launch)
+        bufs = (u, gs, s0)
+    else:
+        # One segment: the state buffers are compiled out; any valid pointer stands in.
+        bufs = (o, o, o)
+    _launch(_fwd_kernel, nseg, B * H,
+            q, k, v, g, o, *bufs,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(o),
+            T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **main, **meta, **launch)
+    return o, s0, gs
+
+
+def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
+            segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
+            num_stages: int | None = None, dot: str | None = None):
+    """Backward: ``(dq, dk, dv, dg)``, contiguous, in the dtypes of ``q, k, v, g``."""
+    B, T, H, dk = q.shape
+    dv = v.shape[-1]
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot)
+    seg, nseg = plan_segments(B * H, T, segment, chunk)
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    dq = torch.empty(B, T, H, dk, dtype=q.dtype, device=q.device)
+    dk_ = torch.empty(B, T, H, dk, dtype=k.dtype, device=q.device)
+    dv_ = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
+    # dg's buffer doubles as float32 scratch for q * dq between the two phases.
+    dg = torch.empty(B, T, H, dk, dtype=torch.float32, device=q.device)
+    flags = (int(scan_col), int(reverse))
+    if nseg > 1:
+        du = torch.empty_like(s0)
+        _launch(_segment_dstate_kernel, nseg, B * H,
+                q, g, do, du, *_strides(q), *_strides(g), *_strides(do),
+                T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), **meta, **launch)
+    else:
+        # One segment: the state buffers are compiled out; any valid pointer stands in.
+        s0 = du = gs = dq
+    _launch(_bwd_kernel, nseg, B * H,
+            q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do),
+            T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **main, **meta, **launch)
+    return dq, dk_, dv_, dg.to(g.dtype)

@@ -1,0 +1,68 @@
+"""The benchmark harness on a CPU: protocol arithmetic, result summaries, plots, and the clean exit
+without a GPU. (The measurements themselves need a GPU; their results live in benchmarks/results/.)"""
+import json
+
+import pytest
+import torch
+
+from gladiff.bench import common
+from gladiff.bench.model import _linear_flops, default_batch, plot_rows, summarize
+from gladiff.bench.op import format_rows
+from gladiff.cli import main
+
+
+def test_default_batch_keeps_about_8k_latent_tokens():
+    assert [default_batch(r) for r in (256, 512, 768, 1024, 1792, 2048)] == [32, 8, 3, 2, 1, 1]
+    for res in range(256, 2049, 256):
+        tokens = default_batch(res) * (res // 16) ** 2  # patch 2 on a res/8 latent
+        assert tokens <= 8192 or default_batch(res) == 1
+
+
+def test_linear_flops_match_the_spec_gmacs():
+    # DIG_SPEC: DiG-XL/2 114.67 GMACs (linear + conv) per 256x256 image forward; DiT-S/2 5.45.
+    assert _linear_flops("DiG", "XL/2", 256, 32, "train") == pytest.approx(2 * 3 * 114.67e9 * 32, rel=1e-3)
+    assert _linear_flops("DiT", "S/2", 256, 4, "sample") == pytest.approx(2 * 5.45e9 * 4, rel=2e-3)
+
+
+def _row(family, mode, img_s, gb, attn=None, size="S/2", res=256, batch=32, work="train"):
+    return dict(family=family, size=size, res=res, batch=batch, work=work, mode=mode, attn=attn,
+                img_s=img_s, ms=batch / img_s * 1e3, peak_gb=gb, linear_tflops=100.0)
+
+
+def test_summary_pairs_the_best_mode_of_each_family():
+    rows = [_row("DiG", "eager", 100, 3.0), _row("DiG", "graph", 300, 3.5),
+            _row("DiT", "graph", 200, 2.0, "flash"), _row("DiT", "compile", 250, 2.5, "cudnn"),
+            dict(_row("DiT", "eager", 999, 1.0, "flash"), error="out of memory")]
+    rows[-1].pop("img_s")
+    (s,) = summarize(rows, ceiling=800.0)
+    assert s["dig_mode"] == "graph" and s["dit_mode"] == "compile/cudnn"
+    assert s["speed_ratio"] == pytest.approx(300 / 250) and s["memory_ratio"] == pytest.approx(3.5 / 2.5)
+    assert s["dig_linear_frac"] == pytest.approx(100 / 800)
+
+
+def test_plot_is_written(tmp_path):
+    rows = [_row(f, "graph", v, 2.0 * r / 256, res=r, batch=default_batch(r)) for f, v0 in (("DiG", 300), ("DiT", 200))
+            for r, v in ((256, v0), (512, v0 / 5))]
+    path = tmp_path / "bench.png"
+    assert plot_rows(summarize(rows, 800.0), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_op_table_formats_missing_numbers():
+    text = format_rows([dict(mixer="gla", backend="triton", scan="col", reverse=True, B=1, H=6, T=16384,
+                             **{"pass": "fwd+bwd"}, eager_ms=1.5, graph_ms=None, target_ms=1.0)])
+    assert "col-rev" in text and "1.500" in text and " - " in text
+
+
+def test_bench_without_gpu_says_so_and_exits_zero(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench"]) == 0
+    assert main(["bench", "--op"]) == 0
+    assert "no CUDA GPU" in capsys.readouterr().out
+
+
+def test_environment_and_json(tmp_path):
+    env = common.environment()
+    assert env["torch"] == torch.__version__ and "command" in env and "gla_triton_config" in env
+    path = common.write_json(tmp_path / "r" / "x.json", dict(env, value=1.5))
+    assert json.loads(path.read_text())["value"] == 1.5

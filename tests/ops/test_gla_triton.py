@@ -1,0 +1,156 @@
+"""Our Triton GLA kernels under Triton's CPU interpreter (TRITON_INTERPRET=1) against the exact
+recurrence in float64: output and every gradient, all four scan orders, odd T, several segments,
+head sizes that are not powers of two, very negative gates; plus the custom op under torch.compile.
+Skipped when Triton is not installed."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the kernels' import
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+pytest.importorskip("triton")
+
+from gladiff.ops import gla  # noqa: E402
+from gladiff.ops.gla import resolve_backend  # noqa: E402
+from gladiff.ops.gla import triton_chunk as K  # noqa: E402
+
+if not K._INTERPRET:
+    pytest.skip("the Triton kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
+
+ORDERS = [("row", False), ("row", True), ("col", False), ("col", True)]
+
+
+def make_inputs(B, T, H, dk, dv, gate_scale=1.0):
+    q = torch.randn(B, T, H, dk)
+    k = torch.randn(B, T, H, dk)
+    v = torch.randn(B, T, H, dv)
+    g = F.logsigmoid(torch.randn(B, T, H, dk) * 2) * gate_scale
+    do = torch.randn(B, T, H, dv)
+    return q, k, v, g, do
+
+
+def reference(q, k, v, g, do, scale, scan, reverse, grid):
+    xs = [x.double().requires_grad_(True) for x in (q, k, v, g)]
+    o = gla(*xs, scale=scale, scan=scan, reverse=reverse, grid=grid, backend="recurrent")
+    return [o.detach()] + list(torch.autograd.grad(o, xs, do.double()))
+
+
+def rel(a, b):
+    return (torch.linalg.vector_norm(a.double() - b) / torch.linalg.vector_norm(b)).item()
+
+
+def assert_close_all(out, ref, tol):
+    for name, a, r in zip(["o", "dq", "dk", "dv", "dg"], out, ref):
+        assert torch.isfinite(a).all(), f"{name} has non-finite values"
+        err = rel(a, r)
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol}"
+
+
+@pytest.mark.parametrize("scan,reverse", ORDERS)
+def test_public_op_matches_recurrent(scan, reverse):
+    """Through gla(backend="triton"): the custom op, its autograd, odd T and padded head sizes."""
+    grid = (5, 7)
+    q, k, v, g, do = make_inputs(1, 35, 2, 8, 12)
+    xs = [x.clone().requires_grad_(True) for x in (q, k, v, g)]
+    o = gla(*xs, scan=scan, reverse=reverse, grid=grid, backend="triton")
+    out = [o.detach()] + list(torch.autograd.grad(o, xs, do))
+    assert_close_all(out, reference(q, k, v, g, do, 8 ** -0.5, scan, reverse, grid), 1e-5)
+
+
+@pytest.mark.parametrize("scan,reverse", [("row", True), ("col", False)])
+def test_segments_match_recurrent(scan, reverse):
+    """Several segments (state handed across segment boundaries, last segment short), forced small."""
+    grid = (10, 15)
+    q, k, v, g, do = make_inputs(1, 150, 1, 16, 32)
+    o, s0, gs = K.gla_fwd(q, k, v, g, 0.3, scan == "col", reverse, *grid, segment=64)
+    assert s0.shape[1] == 3  # 150 tokens in segments of 64
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.3, scan == "col", reverse, *grid, segment=64)
+    assert_close_all([o, *grads], reference(q, k, v, g, do, 0.3, scan, reverse, grid), 1e-5)
+
+
+def test_very_negative_gates_stay_finite_and_exact():
+    """Log-gates of hundreds below zero: any positive exponent would overflow to inf / NaN."""
+    grid = (8, 12)
+    q, k, v, g, do = make_inputs(1, 96, 1, 16, 16, gate_scale=200.0)
+    g[:, :, :, :4] = -1e4  # some channels forget everything at every step
+    o, s0, gs = K.gla_fwd(q, k, v, g, 0.25, True, True, *grid, segment=64)
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.25, True, True, *grid, segment=64)
+    # float32 cumulative sums of gates near -1e4 carry ~1e-3 absolute error into the exponents.
+    assert_close_all([o, *grads], reference(q, k, v, g, do, 0.25, "col", True, grid), 3e-4)
+
+
+def test_compiles_without_graph_breaks():
+    """The custom op (fake impl + autograd) lets torch.compile trace gla() in one graph."""
+    grid = (4, 4)
+    q, k, v, g, do = make_inputs(1, 16, 1, 8, 8)
+    xs = [x.clone().requires_grad_(True) for x in (q, k, v, g)]
+
+    def f(q, k, v, g):
+        return gla(q, k, v, g, scan="col", reverse=True, grid=grid, backend="triton") * 2
+
+    o = torch.compile(f, backend="aot_eager", fullgraph=True)(*xs)
+    out = [o.detach() / 2] + [d / 2 for d in torch.autograd.grad(o, xs, do)]
+    assert_close_all(out, reference(q, k, v, g, do, 8 ** -0.5, "col", True, grid), 1e-5)
+
+
+def test_dispatcher_rules():
+    assert resolve_backend("triton", "cpu", torch.float32) == "triton"  # interpreter is on here
+    with pytest.raises(ValueError, match="float64"):
+        resolve_backend("triton", "cpu", torch.float64)
+    assert resolve_backend("auto", "cpu", torch.float32) == "chunk"  # the interpreter is never "auto"
+
+
+def test_segment_plan_fills_the_gpu_and_covers_the_sequence():
+    for bh, T in [(192, 256), (6, 16384), (24, 16384), (1, 37), (576, 256)]:
+        seg, nseg = K.plan_segments(bh, T)
+        assert seg % K.CONFIG["chunk"] == 0 and (nseg - 1) * seg < T <= nseg * seg
+        assert bh * nseg >= min(K.TARGET_PROGRAMS, bh * max(1, T // K.MIN_SEGMENT)) or nseg == 1
+
+
+def test_bf16_inputs_float32_gates():
+    """DiG's call: bf16 q/k/v, float32 log-gates. Outputs in bf16 precision; dg keeps float32's
+    (it is a difference of two sums that cancel, so it must not be formed from 16-bit parts)."""
+    grid = (8, 8)
+    q, k, v, g, do = make_inputs(1, 64, 2, 32, 64)
+    q, k, v, do = (x.bfloat16() for x in (q, k, v, do))
+    o, s0, gs = K.gla_fwd(q, k, v, g, 32 ** -0.5, False, True, *grid)
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 32 ** -0.5, False, True, *grid)
+    ref = reference(q.float(), k.float(), v.float(), g, do.float(), 32 ** -0.5, "row", True, grid)
+    assert o.dtype == torch.bfloat16 and grads[3].dtype == torch.float32
+    for name, a, r in zip(["o", "dq", "dk", "dv"], [o, *grads[:3]], ref[:4]):
+        assert rel(a, r) < 1e-2, name
+    assert rel(grads[3], ref[4]) < 1e-4
+
+
+@pytest.mark.parametrize("chunk,dot", [(16, "tf32"), (32, "bf16")])
+def test_launch_variants_match_recurrent(chunk, dot):
+    """Other chunk sizes (tree depths) and bf16 operands compute the same function."""
+    grid = (6, 8)
+    q, k, v, g, do = make_inputs(1, 48, 1, 16, 16)
+    q, k, v, do = (x.bfloat16() for x in (q, k, v, do)) if dot == "bf16" else (q, k, v, do)
+    kw = dict(segment=chunk, chunk=chunk, dot=dot)
+    o, s0, gs = K.gla_fwd(q, k, v, g, 0.25, True, False, *grid, **kw)
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.25, True, False, *grid, **kw)
+    ref = reference(q.float(), k.float(), v.float(), g, do.float(), 0.25, "col", False, grid)
+    tol = 2e-2 if dot == "bf16" else 1e-5
+    for name, a, r in zip(["o", "dq", "dk", "dv", "dg"], [o, *grads], ref):
+        assert rel(a, r) < tol, name
+
+
+def test_whole_dig_compiles_in_one_graph():
+    """A (tiny) DiG with the Triton backend, all four scan orders, traced by torch.compile with
+    fullgraph=True (any graph break raises), training step forward and backward."""
+    from gladiff.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("DiG-S/2", input_size=8, in_channels=1, num_classes=10, depth=4, hidden_size=64,
+                         num_heads=2, gla_backend="triton")
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 700.0]), torch.tensor([1, 10])
+    model.eval()  # no label dropout: eager and compiled see the same labels
+    ref = model(x, t, y)
+    out = torch.compile(model, backend="aot_eager", fullgraph=True)(x, t, y)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
