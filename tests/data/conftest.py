@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image  # noqa: F401
 
 from data_helpers import SD_VAE_CONFIG, SMALL_VAE_CONFIG, save_vae, write_images  # noqa: F401
@@ -39,10 +38,6 @@ def tiny_folder(tmp_path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The VAE convolutions here are tiny: one thread is faster than two on a shared 2-core box,
-    where OpenMP workers spin against other processes (measured 0.3 s vs 2-5 s per extraction)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """The VAE convolutions here are tiny: one thread (see tests/conftest.py); measured 0.3 s vs
+    2-5 s per extraction on a shared 2-core box."""

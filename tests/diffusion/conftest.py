@@ -163,10 +163,6 @@ def oracles():
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Everything here is small: one thread is several times faster than two on a shared 2-core box,
-    where OpenMP workers spin against other processes (measured 0.8 s vs 12 s for a 100-step sampler)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Everything here is small: one thread (see tests/conftest.py); measured 0.8 s vs 12 s for a
+    100-step sampler on a shared 2-core box."""
