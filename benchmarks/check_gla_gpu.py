@@ -72,7 +72,10 @@ def main(argv=None):
     parser.add_argument("--backends", nargs="+", default=None, help="default: every GPU backend available")
     parser.add_argument("--out", default="benchmarks/results/gla_gpu_check.json")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--cases", nargs="+", default=None,
+                        help="only cases whose name contains one of these texts (default: all)")
     args = parser.parse_args(argv)
+    cases = [c for c in CASES if args.cases is None or any(s in c[0] for s in args.cases)]
     if not torch.cuda.is_available():
         print("check_gla_gpu: no CUDA GPU on this machine; nothing checked.")
         return 0
@@ -80,7 +83,7 @@ def main(argv=None):
     torch.manual_seed(0)
     rows = []
     names = ["o", "dq", "dk", "dv", "dg"]
-    for name, B, H, grid, dk, dv, gate_scale in CASES:
+    for name, B, H, grid, dk, dv, gate_scale in cases:
         print(f"case {name}: B {B} H {H} grid {grid} dk {dk} dv {dv}", flush=True)
         T = grid[0] * grid[1]
         for scan, reverse in ORDERS:
@@ -110,7 +113,7 @@ def main(argv=None):
     print(f"\n{'backend':8} {'dtype':9} {'case':28} " + " ".join(f"{n:>8}" for n in names) + "  ok")
     for backend in backends:
         for dname in args.dtypes:
-            for name, *_ in CASES:
+            for name, *_ in cases:
                 sel = [r for r in rows if r["backend"] == backend and r["dtype"] == dname and r["case"] == name]
                 if not sel:
                     continue
