@@ -36,7 +36,6 @@ os.environ["NCCL_NVLS_ENABLE"] = "0"  # before any NCCL communicator exists
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
-import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import socket  # noqa: E402
@@ -50,7 +49,9 @@ import torch.distributed as td  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gladiff import create_model  # noqa: E402
+from gladiff.bench.common import environment as common_environment  # noqa: E402
 from gladiff.diffusion import create_objective  # noqa: E402
+from gladiff.ops.gla import resolve_backend  # noqa: E402
 from gladiff.train import sharding  # noqa: E402
 from gladiff.train.ema import EMA  # noqa: E402
 from gladiff.train.parallel import Dist, pick_device, wrap_model  # noqa: E402
@@ -360,34 +361,26 @@ def try_steps(args, world: World, weights, latent, dist: Dist, mode: str, ac: bo
 
 # ----------------------------------------------------------------------------- the record
 def environment(args, world: World) -> dict:
-    def version(name):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    from gladiff.ops.gla import resolve_backend
-
+    """``gladiff.bench.common.environment()`` (date, versions, card) plus every rank's card, the
+    launch, NCCL, the GLA backend and the model."""
     dev = world.dist.device
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     cards = [card]
     if world.dist.distributed:
         cards = [None] * world.dist.world_size
         td.all_gather_object(cards, card)
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    info = common_environment()
+    info.update({
         "command": " ".join(([f"torchrun --nproc_per_node={world.dist.world_size}"] if world.dist.distributed
                              else ["python"]) + [sys.argv[0]] + sys.argv[1:]),
         "host": socket.gethostname(), "world_size": world.dist.world_size, "cards": cards,
-        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "nccl": ".".join(map(str, torch.cuda.nccl.version())) if dev.type == "cuda" else None,
-        "flash_linear_attention": version("flash-linear-attention") or version("fla-core"),
-        "triton": version("triton"), "gla_backend": resolve_backend("auto", dev),
+        "gla_backend": resolve_backend("auto", dev),
         "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE"),
         "model": args.model + (" (smoke: depth 2, width 64)" if args.smoke else ""),
         "objective": "ddpm (learned sigma), AdamW lr 1e-4, no clipping, EMA 0.9999",
         "precision": "bf16 autocast, fp32 master weights, TF32 on",
-    }
+    })
     if dev.type == "cuda":
         info["card_memory_gb"] = round(torch.cuda.get_device_properties(dev).total_memory / 2**30, 1)
         try:
