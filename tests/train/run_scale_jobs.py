@@ -3,7 +3,8 @@
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/train/run_scale_jobs.py JOBS.json
 
 ``JOBS.json`` is a list of ``{"train": {TrainConfig keys}}`` (the real DiG through ``train`` with the
-deterministic ``NoNoise`` objective) and ``{"load": {"checkpoint": PATH, "out": PREFIX}}`` (every
+deterministic ``NoNoise`` objective, or ``TinyEps`` with ``"objective": "tiny_eps"``, which can
+sample) and ``{"load": {"checkpoint": PATH, "out": PREFIX}}`` (every
 rank loads the EMA with ``gladiff.sample.load_trained`` and saves its state dict to
 ``PREFIX-rank<r>.pt``). One launch amortises the interpreter and torch start-up over all jobs.
 
@@ -21,7 +22,7 @@ import torch  # noqa: E402
 
 from gladiff.train import TrainConfig, parallel, train  # noqa: E402
 from gladiff.train.build import build_model  # noqa: E402
-from tests.train.standins import NoNoise, TinyDigits  # noqa: E402
+from tests.train.standins import NoNoise, TinyDigits, TinyEps  # noqa: E402
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
@@ -30,7 +31,8 @@ if __name__ == "__main__":
     parallel.shutdown = lambda d, wait=True: parallel.barrier(d) if wait else None
     for job in json.loads(Path(sys.argv[1]).read_text()):
         if "train" in job:
-            train(TrainConfig(**job["train"]), dataset=TinyDigits(64), objective=NoNoise(),
+            objective = TinyEps() if job.get("objective") == "tiny_eps" else NoNoise()
+            train(TrainConfig(**job["train"]), dataset=TinyDigits(64), objective=objective,
                   model_builder=build_model, progress=False)
         else:
             from gladiff.sample import load_trained

@@ -16,17 +16,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gladiff.sample import load_trained
 from gladiff.train import TrainConfig, train
 from gladiff.train import checkpoint as ckpt
 from gladiff.train import sharded_checkpoint, sharding
 from gladiff.train.build import build_model
-from gladiff.train.loop import seed_everything
+from gladiff.train.loop import SampleGrids, seed_everything
 from gladiff.train.parallel import Dist
-from tests.train.standins import NoNoise, TinyDigits, max_abs_diff
+from gladiff.train.precision import Precision
+from tests.train.standins import NoNoise, TinyDigits, TinyEps, max_abs_diff, state_equal
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = str(Path(__file__).with_name("run_scale_jobs.py"))
@@ -98,11 +101,12 @@ def runs(tmp_path_factory):
     - ``ddp2``: resumes ``one`` in 2 DDP processes, steps 5-6 (``.pt``);
     - ``from_pt``: resumes ``ref``'s ``.pt`` of step 4 in 2 FSDP processes, steps 5-6;
     - ``bf16``/``bf16_ref``: FSDP with bf16 mixed precision vs one process with bf16 autocast, 2 steps;
-    - ``fp16``: FSDP with fp16 mixed precision (dynamic loss scale), 2 steps.
+    - ``fp16``: FSDP with fp16 mixed precision (dynamic loss scale), 2 steps;
+    - ``grids``/``nogrids``: FSDP with a sampling objective, with and without a sample grid every step.
     """
     tmp = tmp_path_factory.mktemp("scale")
     r = {name: tmp / name for name in ("ref", "ddp", "fsdp2", "one", "fsdp2b", "ddp2", "from_pt", "bf16",
-                                      "bf16_ref", "fp16")}
+                                      "bf16_ref", "fp16", "grids", "nogrids")}
     _train_here(_cfg(r["ref"], steps=6, ckpt_every=2))
     _train_here(_cfg(r["bf16_ref"], steps=2, ckpt_every=0, precision="bf16"))
     _copy_run(r["ref"], r["from_pt"], keep_steps={4})
@@ -122,6 +126,8 @@ def runs(tmp_path_factory):
                        resume=True)},
         {"train": _cfg(r["ddp2"], steps=6, ckpt_every=0, parallel="ddp", resume=True)},
         {"load": {"checkpoint": str(r["one"]), "out": str(tmp / "loaded")}},
+        {"train": _cfg(r["grids"], steps=2, ckpt_every=0, parallel="fsdp", sample_every=1), "objective": "tiny_eps"},
+        {"train": _cfg(r["nogrids"], steps=2, ckpt_every=0, parallel="fsdp"), "objective": "tiny_eps"},
     ])
     r["loaded"] = tmp / "loaded"
     return r
@@ -202,6 +208,21 @@ def test_sampling_loads_sharded_checkpoints(runs):
     for rank in (0, 1):  # under torchrun, every rank loads the whole EMA
         got = torch.load(f"{runs['loaded']}-rank{rank}.pt", weights_only=True)
         assert max_abs_diff(got, ref) < FLOOR
+
+
+def test_sample_grids_under_fsdp_draw_the_gathered_ema_and_leave_training_alone(runs, tmp_path):
+    path = _at(runs["grids"], 2)
+    saved = ckpt.read_checkpoint(path)
+    model = build_model(saved["model_spec"])
+    model.load_state_dict(_weights(path, "ema"))
+    # the same grid, drawn here by the same class from the EMA of the checkpoint of that step
+    SampleGrids(tmp_path, TinyEps(), saved["data_info"], TrainConfig(**saved["config"]),
+                Precision("fp32", torch.device("cpu")), Dist()).write(2, model.eval())
+    grid = np.asarray(Image.open(runs["grids"] / "samples" / "step-00000002.png"))
+    assert grid.std() > 0 and np.array_equal(grid, np.asarray(Image.open(tmp_path / "step-00000002.png")))
+    other = _at(runs["nogrids"], 2)
+    for which in ("model", "ema"):
+        assert state_equal(_weights(path, which), _weights(other, which))
 
 
 def test_newest_valid_skips_an_incomplete_sharded_checkpoint(runs, tmp_path):
