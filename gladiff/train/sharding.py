@@ -121,11 +121,6 @@ def prepare(model: nn.Module, ema_model: nn.Module, dist: Dist, parallel: str = 
     return model, ema_model
 
 
-def full_tensor(x):
-    """A DTensor's full value (a collective on its mesh); anything else as it is."""
-    return x.full_tensor() if hasattr(x, "full_tensor") else x
-
-
 class FullCopy:
     """A plain, unsharded copy of a sharded module on rank 0, for work only rank 0 does.
 

@@ -85,8 +85,8 @@ def _weights(path: Path, which: str = "model") -> dict:
     return ckpt.model_weights(ckpt.read_checkpoint(path), which)
 
 
-def _losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _losses(run_dir: Path, key: str = "loss") -> list[float]:
+    return [json.loads(line)[key] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,9 @@ def test_fsdp_two_processes_match_one_process(runs):
     assert len(list(path.glob("__*_0.distcp"))) == 2  # both ranks wrote their shards
     assert len(ckpt.read_checkpoint(path)["rng"]) == 2
     _assert_same_run(runs, "fsdp2", 2)
+    # clipping (0.5) saw the global gradient norm, not a shard's (those norms are 2.3 and 1.2)
+    one, two = _losses(runs["ref"], "grad_norm")[:2], _losses(runs["fsdp2"], "grad_norm")
+    assert len(two) == 2 and min(two) > 0.5 and all(abs(a - b) < 1e-5 * a for a, b in zip(one, two))
     # the weights moved, so the comparison is not between two untouched initialisations
     seed_everything(5)
     init = build_model(ckpt.read_checkpoint(path)["model_spec"]).state_dict()
