@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gladiff.train.config import FIELDS, parse_key_values
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"gladiff train: stopped: {err}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report is enough
+        return 0
     if result.stopped_by:
         print(f"stopped by {result.stopped_by} at step {result.step}; resume with --resume "
               f"--run-dir {cfg.run_dir}")

@@ -63,7 +63,8 @@ class TrainConfig:
     log_every: int = _opt(100, "steps between logged scalars (bar, TensorBoard, metrics.jsonl)")
     tensorboard: bool = _opt(True, "TensorBoard scalars under RUN_DIR/tb when tensorboard is installed")
     sample_every: int = _opt(0, "steps between EMA sample grids RUN_DIR/samples/step-N.png (0: never)")
-    sample_steps: int | str | None = _opt(None, "sampler steps for those grids, e.g. 50 or ddim50 (default: the objective's)")
+    sample_steps: int | str | None = _opt(None, "sampler steps for those grids, e.g. 50 or ddim50 "
+                                                "(default: the objective's)")
     sample_cfg: float = _opt(1.0, "guidance scale for those grids")
     sample_sampler: str | None = _opt(None, "sampler for those grids (default: the objective's)")
     # --- checkpoints
@@ -125,7 +126,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {path} does not exist")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}")
+        raise ValueError(f"config file {path} must hold a mapping of keys to values, "
+                         f"got {type(values).__name__}")
     return values
 
 
@@ -151,7 +153,8 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 
 def parse_key_values(pairs: list[str] | None) -> dict[str, Any]:
-    """``["depth=4", "gla_backend=chunk"]`` -> ``{"depth": 4, "gla_backend": "chunk"}`` (values parsed as YAML)."""
+    """``["depth=4", "gla_backend=chunk"]`` -> ``{"depth": 4, "gla_backend": "chunk"}``; values are
+    parsed as YAML."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")

@@ -125,7 +125,8 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
                                                         stop.requested)
                 if nonfinite:
                     raise NonFiniteLossError(
-                        f"the loss became {loss.item()} at step {step + 1}; stopping without saving. "
+                        f"the loss became non-finite at step {step + 1} (here: {loss.item()}); "
+                        "stopping without saving. "
                         f"Last good checkpoint: {last_ckpt or 'none'}. Lower --lr, set --grad-clip, "
                         "or use --precision fp32/bf16 instead of fp16.")
                 grad_norm = precision.step(optimizer, model.parameters(), cfg.grad_clip)

@@ -101,8 +101,9 @@ def test_train_and_sample_on_a_tiny_latent_folder(tmp_path):
     save_latents(tmp_path / "lat", rng.normal(size=(12, 4, 4, 4)).astype(np.float32) * 5,
                  np.arange(12) % 3, classes=["a", "b", "c"], image_size=32, vae=str(vae))
     run = tmp_path / "run"
-    assert main(["train", "--run-dir", str(run), "--data", f"latents:{tmp_path / 'lat'}", "--image-size", "32",
-                 *TINY, "--objective", "ddpm", "--steps", "2", "--global-batch-size", "4", *QUIET]) == 0
+    assert main(["train", "--run-dir", str(run), "--data", f"latents:{tmp_path / 'lat'}",
+                 "--image-size", "32", *TINY, "--objective", "ddpm", "--steps", "2", "--global-batch-size", "4",
+                 *QUIET]) == 0
     info = ckpt.read_checkpoint(ckpt.checkpoint_path(run, 2))["data_info"]
     assert info["is_latent"] and info["vae"] == str(vae) and info["in_channels"] == 4
     out = tmp_path / "s.npz"

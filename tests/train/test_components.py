@@ -73,7 +73,8 @@ def test_config_errors_name_the_problem(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
         resolve_config(tmp_path / "list.yaml")
-    assert parse_key_values(["depth=4", "gla_backend=chunk", "p=0.1"]) == {"depth": 4, "gla_backend": "chunk", "p": 0.1}
+    parsed = parse_key_values(["depth=4", "gla_backend=chunk", "p=0.1"])
+    assert parsed == {"depth": 4, "gla_backend": "chunk", "p": 0.1}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_key_values(["depth"])
 

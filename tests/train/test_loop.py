@@ -102,7 +102,7 @@ def test_resume_into_a_different_model_is_a_clear_error(tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = _cfg(tmp_path, steps=20, ckpt_every=2)
-    with pytest.raises(NonFiniteLossError, match=r"nan at step 5.*step-00000004\.pt"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 5 \(here: nan\).*step-00000004\.pt"):
         _run(cfg, objective=NaNAfter(5))
     files = ckpt.list_checkpoints(cfg.run_dir)
     assert [p.name for p in files] == ["step-00000004.pt", "step-00000002.pt"]
