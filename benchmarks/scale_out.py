@@ -372,7 +372,7 @@ def environment(args, world: World) -> dict:
     info = common_environment()
     info.update({
         "command": " ".join(([f"torchrun --nproc_per_node={world.dist.world_size}"] if world.dist.distributed
-                             else ["python"]) + [sys.argv[0]] + sys.argv[1:]),
+                             else ["python"]) + ["benchmarks/scale_out.py"] + args.argv),
         "host": socket.gethostname(), "world_size": world.dist.world_size, "cards": cards,
         "nccl": ".".join(map(str, torch.cuda.nccl.version())) if dev.type == "cuda" else None,
         "gla_backend": resolve_backend("auto", dev),
@@ -436,7 +436,9 @@ def main(argv=None) -> int:
     p.add_argument("--nccl-timeout", type=float, default=240.0,
                    help="seconds before a collective that a failed rank never joins ends the run")
     p.add_argument("--smoke", action="store_true", help="CPU + gloo, tiny DiG: checks the script, measures nothing")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.argv = argv
     if args.smoke:
         args.resolution, args.memory_resolution = 64, 64
         args.batch, args.loss_batch, args.memory_batch = 2, 2, 2
