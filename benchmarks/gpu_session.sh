@@ -2,7 +2,7 @@
 # One device call: install the carried wheels, then run the named steps, each under its own time
 # limit, logging to $OUT/session.log (files under $OUT come back even when a step times out).
 # Usage from the repo root on the GPU machine: bash benchmarks/gpu_session.sh STEP[:SECONDS]...
-# Steps: env, check, check-fla, tune, op, op-fla, model, test.
+# Steps: env, check, check-fla, tune, op, op-fla, model, test, scale (all GPUs: benchmarks/scale_out.py).
 set -u
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
@@ -32,6 +32,7 @@ for arg in "$@"; do
     model2) timeout $limit python3 -c "$BENCH" bench ${MODEL2_ARGS:-} --out $OUT/model_bench2.json > $log 2>&1;;
     profile) timeout $limit bash -c "python3 benchmarks/profile_step.py --model DiG-XL/2 --res 256 --batch 32 --out $OUT/profile_dig_xl_256.json; python3 benchmarks/profile_step.py --model DiT-XL/2 --res 256 --batch 32 --attn flash --top 8; python3 benchmarks/profile_step.py --model DiG-S/2 --res 2048 --batch 1 --out $OUT/profile_dig_s_2048.json; python3 benchmarks/profile_step.py --model DiT-S/2 --res 2048 --batch 1 --attn cudnn --top 8" > $log 2>&1;;
     test) timeout $limit python3 -m pytest -q tests/ops > $log 2>&1;;
+    scale) timeout $limit python3 -m torch.distributed.run --standalone --nproc_per_node=$(nvidia-smi -L | wc -l) benchmarks/scale_out.py --out $OUT ${SCALE_ARGS:-} > $log 2>&1;;
     *) echo "unknown step $step" > $log;;
   esac
   echo "rc $? $(date +%T)"; grep -v "Warning\|warn(" $log | tail -${TAIL:-25}

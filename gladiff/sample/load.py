@@ -41,7 +41,8 @@ def load_trained(path_or_run: str | Path, *, use_ema: bool = True, device="cpu",
     state = ckpt.read_checkpoint(path)
     spec, cfg = state["model_spec"], state["config"]
     model = build_model(spec)
-    ckpt.load_model_state(model, state["ema" if use_ema else "model"], what=f"checkpoint {path}")
+    ckpt.load_model_state(model, ckpt.model_weights(state, "ema" if use_ema else "model"),
+                          what=f"checkpoint {path}")
     name = objective or cfg["objective"]
     opts = {**(cfg.get("objective_opts") or {}), **(objective_opts or {})} if name == cfg["objective"] \
         else dict(objective_opts or {})

@@ -10,12 +10,16 @@ It is written to a temporary file in the same folder, flushed and fsync-ed, then
 final name (``os.replace`` is atomic on POSIX), so a crash or a full disk mid-write leaves every
 earlier checkpoint untouched. Everything inside is a tensor or plain Python data, so files load with
 ``weights_only=True``.
+
+FSDP runs write sharded checkpoint folders ``step-XXXXXXXX.dcp/`` instead (``sharded_checkpoint``);
+listing, validation, pruning and ``model_weights`` here treat both kinds alike.
 """
 from __future__ import annotations
 
 import os
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 
 FORMAT = "gladiff-train-1"
-_NAME = re.compile(r"^step-(\d{8,})\.pt$")
+_NAME = re.compile(r"^step-(\d{8,})\.(?:pt|dcp)$")  # .dcp: a sharded checkpoint folder
 REQUIRED = ("format", "step", "model", "ema", "optimizer", "data", "rng", "config", "model_spec",
             "data_info", "complete")
 
@@ -72,10 +76,15 @@ def prune(run_dir: str | Path, keep: int) -> None:
     folder = checkpoint_dir(run_dir)
     for stale in folder.glob(".step-*.pt.tmp-*"):
         stale.unlink(missing_ok=True)
+    for stale in [*folder.glob(".step-*.dcp.tmp"), *folder.glob(".step-*.dcp.old")]:
+        shutil.rmtree(stale, ignore_errors=True)
     if keep <= 0:
         return
     for old in list_checkpoints(run_dir)[keep:]:
-        old.unlink(missing_ok=True)
+        if old.is_dir():  # a sharded checkpoint folder
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- finding / reading
@@ -91,6 +100,10 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load and validate one checkpoint file; ``ValueError`` if it is truncated, corrupt or foreign."""
     path = Path(path)
+    if path.is_dir():
+        from .sharded_checkpoint import read
+
+        return read(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -122,7 +135,7 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
     """A checkpoint file as given, or the newest valid one of a run folder (or of its
     ``checkpoints/`` folder); ``ValueError`` if the folder holds none."""
     p = Path(path_or_run)
-    if p.is_file():
+    if p.is_file() or (p.is_dir() and _NAME.match(p.name)):
         return p
     if not p.is_dir():
         raise FileNotFoundError(f"checkpoint or run folder {p} does not exist")
@@ -134,6 +147,17 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- model state
+def model_weights(state: dict, which: str = "ema") -> dict:
+    """The plain state dict of ``which`` (``"ema"`` or ``"model"``) of a checkpoint read by
+    ``read_checkpoint``, whether it is a ``.pt`` file or a sharded folder (then loaded from the
+    shards; under ``torchrun`` every rank must call it)."""
+    if "sharded" in state:
+        from .sharded_checkpoint import read_full_weights
+
+        return read_full_weights(state["sharded"], which)
+    return state[which]
+
+
 def load_model_state(model: torch.nn.Module, state: dict, what: str = "checkpoint") -> None:
     """``model.load_state_dict(state)``, but a mismatch is a ``ValueError`` that says what differs."""
     own = model.state_dict()

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PARALLEL = ("ddp", "fsdp")
 
 
 def _opt(default, help: str, **kw):
@@ -53,6 +54,11 @@ class TrainConfig:
     ema_decay: float = _opt(0.9999, "EMA decay per step")
     seed: int = _opt(0, "global seed (weights, data order, noise)")
     device: str = _opt("auto", "auto | cpu | cuda")
+    # --- scale-out (docs/scale_out.md)
+    parallel: str = _opt("ddp", "several processes: ddp (replicated weights) | fsdp (FSDP2: weights, "
+                                "gradients, optimizer state and EMA sharded; sharded checkpoints)")
+    activation_checkpointing: bool = _opt(False, "recompute each transformer block in the backward pass "
+                                                 "instead of storing its activations (less memory, ~1/3 more compute)")
     # --- observing
     log_every: int = _opt(100, "steps between logged scalars (bar, TensorBoard, metrics.jsonl)")
     tensorboard: bool = _opt(True, "TensorBoard scalars under RUN_DIR/tb when tensorboard is installed")
@@ -82,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if not isinstance(self.model_opts, dict) or not isinstance(self.objective_opts, dict):

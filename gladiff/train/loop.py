@@ -1,6 +1,7 @@
 """The training loop. Read it top to bottom: every feature is one call into a component.
 
-Components: ``parallel`` (processes, DDP), ``data_order`` (resumable example order), ``precision``
+Components: ``parallel`` (processes, DDP), ``sharding`` (FSDP2, activation checkpointing),
+``sharded_checkpoint`` (FSDP checkpoints), ``data_order`` (resumable example order), ``precision``
 (autocast, loss scaling, clipping), ``EMA``, ``checkpoint`` (atomic files, resume), ``RunLog``
 (bar, TensorBoard, metrics), ``StopSignals`` (SIGTERM/SIGINT), and ``gladiff.sample`` for grids.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, parallel
+from . import checkpoint, parallel, sharded_checkpoint, sharding
 from .build import build_dataset, build_model, build_objective, data_info, model_spec
 from .config import TrainConfig, save_config
 from .data_order import BatchStream, DataPosition, batch_loader
@@ -73,11 +74,15 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
     info = data_info(dataset)
     spec = model_spec(cfg, info, objective.learn_sigma)
     model = model_builder(spec).to(dist.device)
-    state = TrainState(cfg, spec, info, model, EMA(model, cfg.ema_decay),
+    ema, precision = EMA(model, cfg.ema_decay), Precision(cfg.precision, dist.device)
+    # Activation checkpointing, FSDP sharding of the model and its EMA: before the optimizer sees them.
+    model, ema.model = sharding.prepare(model, ema.model, dist, cfg.parallel, cfg.activation_checkpointing,
+                                        precision.dtype)
+    state = TrainState(cfg, spec, info, model, ema,
                        torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                          betas=tuple(cfg.betas)),
-                       Precision(cfg.precision, dist.device))
-    ema, optimizer, precision = state.ema, state.optimizer, state.precision
+                       precision)
+    optimizer = state.optimizer
 
     # ---- where it starts: fresh, or exactly where the newest valid checkpoint left off
     step, position = 0, DataPosition()
@@ -98,6 +103,7 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
     log = RunLog(run_dir, dist, step, cfg.steps, cfg.global_batch_size, cfg.log_every,
                  cfg.tensorboard, progress)
     grids = SampleGrids(run_dir / "samples", objective, info, cfg, precision, dist)
+    ema_full = sharding.FullCopy(lambda: model_builder(spec), dist)  # FSDP: grids sample a gathered copy
     log.message(f"{spec['name']} ({sum(p.numel() for p in model.parameters()):,} parameters), "
                 f"{type(objective).__name__}, {precision.name}, {dist.world_size} process(es) "
                 f"on {dist.device}, {'resuming at step %d' % step if step else 'from scratch'}")
@@ -132,7 +138,8 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
                 if stopping or step == cfg.steps or _due(step, cfg.ckpt_every):
                     last_ckpt = save(run_dir, step, position, state, dist)
                 if _due(step, cfg.sample_every):
-                    grids.write(step, ema.model)
+                    with ema_full.of(ema.model) as ema_model:
+                        grids.write(step, ema_model)
                 if stopping:
                     stopped_by = stop.name
                     log.message(f"{stopped_by} received: saved {last_ckpt} at step {step}; exiting")
@@ -184,6 +191,8 @@ def save(run_dir: Path, step: int, position: DataPosition, state: TrainState, di
     """Write the checkpoint of ``step`` (rank 0; every rank contributes its RNG state); returns its
     path on every rank."""
     rng = parallel.all_gather_objects(dist, checkpoint.capture_rng())
+    if state.cfg.parallel == "fsdp":  # every rank writes its shards
+        return sharded_checkpoint.save(run_dir, step, position, rng, state, dist)
     path = None
     if dist.is_main:
         payload = {
@@ -203,9 +212,12 @@ def restore(found: tuple[Path, dict], state: TrainState, dist) -> tuple[int, Dat
     """Load a checkpoint into the run's objects; returns ``(step, data position)``."""
     path, saved = found
     checkpoint.check_model_spec(saved["model_spec"], state.spec, path)
-    checkpoint.load_model_state(state.model, saved["model"], what=f"checkpoint {path}")
-    checkpoint.load_model_state(state.ema.model, saved["ema"], what=f"checkpoint {path} (EMA)")
-    state.optimizer.load_state_dict(saved["optimizer"])
+    if sharded_checkpoint.handles(saved, state.model):  # a sharded checkpoint, or a sharded model
+        sharded_checkpoint.load_training_state(saved, state)
+    else:
+        checkpoint.load_model_state(state.model, saved["model"], what=f"checkpoint {path}")
+        checkpoint.load_model_state(state.ema.model, saved["ema"], what=f"checkpoint {path} (EMA)")
+        state.optimizer.load_state_dict(saved["optimizer"])
     state.precision.load_state_dict(saved["scaler"])
     step = int(saved["step"])
     if len(saved["rng"]) == dist.world_size:

@@ -1,7 +1,8 @@
 """Process groups: one process, or many under ``torchrun`` (gloo on CPU, NCCL on GPU).
 
 The training loop and the sampler only ask this module who they are (``Dist``), wrap the model, and
-agree on flags; nothing else in the code base touches ``torch.distributed``.
+agree on flags; beyond that only ``sharding`` (FSDP2) and ``sharded_checkpoint`` (DCP) touch
+``torch.distributed``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as td
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -69,8 +71,9 @@ def shutdown(dist: Dist, wait: bool = True) -> None:
 
 
 def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
-    """DDP around ``model`` when there are several processes, else ``model`` itself."""
-    if not dist.distributed:
+    """DDP around ``model`` when there are several processes, else ``model`` itself (also when
+    FSDP already sharded it: it then synchronises its own gradients)."""
+    if not dist.distributed or isinstance(model, FSDPModule):
         return model
     ids = [dist.device.index] if dist.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)

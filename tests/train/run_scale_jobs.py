@@ -1,0 +1,42 @@
+"""Run several jobs one after the other in the same processes, for the scale-out tests:
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/train/run_scale_jobs.py JOBS.json
+
+``JOBS.json`` is a list of ``{"train": {TrainConfig keys}}`` (the real DiG through ``train`` with the
+deterministic ``NoNoise`` objective, or ``TinyEps`` with ``"objective": "tiny_eps"``, which can
+sample) and ``{"load": {"checkpoint": PATH, "out": PREFIX}}`` (every
+rank loads the EMA with ``gladiff.sample.load_trained`` and saves its state dict to
+``PREFIX-rank<r>.pt``). One launch amortises the interpreter and torch start-up over all jobs.
+
+The process group is joined once and left at the end: ``train`` leaves it after every run, and
+joining the default group again in the same processes can pass on one rank with the previous
+group's rendezvous keys while the other still waits (a hang), so leaving is deferred here.
+"""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+
+import torch  # noqa: E402
+
+from gladiff.train import TrainConfig, parallel, train  # noqa: E402
+from gladiff.train.build import build_model  # noqa: E402
+from tests.train.standins import NoNoise, TinyDigits, TinyEps  # noqa: E402
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    dist = parallel.init_distributed("cpu")
+    leave = parallel.shutdown
+    parallel.shutdown = lambda d, wait=True: parallel.barrier(d) if wait else None
+    for job in json.loads(Path(sys.argv[1]).read_text()):
+        if "train" in job:
+            objective = TinyEps() if job.get("objective") == "tiny_eps" else NoNoise()
+            train(TrainConfig(**job["train"]), dataset=TinyDigits(64), objective=objective,
+                  model_builder=build_model, progress=False)
+        else:
+            from gladiff.sample import load_trained
+
+            trained = load_trained(job["load"]["checkpoint"])
+            torch.save(trained.model.state_dict(), f"{job['load']['out']}-rank{dist.rank}.pt")
+    leave(dist)
