@@ -59,16 +59,21 @@ def atomic_save(obj, path: str | Path) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    # Make the rename itself durable (the directory entry), where the OS allows opening a folder.
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (its directory entry), where the OS allows opening
+    a folder; a no-op elsewhere."""
     try:
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
         pass
-    return path
 
 
 def prune(run_dir: str | Path, keep: int) -> None:

@@ -100,14 +100,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
-    try:
-        fd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    checkpoint.fsync_dir(dst.parent)
 
 
 # ----------------------------------------------------------------------------- reading
