@@ -111,15 +111,22 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
         return read(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return load_record(path, path, FORMAT, REQUIRED, map_location=map_location)
+
+
+def load_record(file: Path, path: Path, fmt: str, required, kind: str = "", map_location="cpu") -> dict:
+    """Load the dict saved in ``file`` (of the checkpoint ``path``) and check that it is a complete
+    record of format ``fmt`` holding every key of ``required``; ``ValueError`` naming what is wrong.
+    ``kind`` qualifies the checkpoint in messages (e.g. ``"sharded "``)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, ... all mean "not usable"
-        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a gladiff training checkpoint (format {FORMAT!r})")
-    missing = [k for k in REQUIRED if k not in state]
+        raise ValueError(f"checkpoint {file} cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise ValueError(f"{path} is not a gladiff {kind}training checkpoint (format {fmt!r})")
+    missing = [k for k in required if k not in state]
     if missing or state.get("complete") is not True:
-        raise ValueError(f"checkpoint {path} is incomplete (missing {missing})")
+        raise ValueError(f"{kind}checkpoint {path} is incomplete (missing {missing})")
     return state
 
 

@@ -111,15 +111,7 @@ def read(path: str | Path) -> dict:
     meta_file = path / META
     if not meta_file.is_file():
         raise ValueError(f"sharded checkpoint {path} is incomplete (no {META})")
-    try:
-        meta = torch.load(meta_file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint {meta_file} cannot be read ({type(err).__name__}: {err})") from err
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a gladiff sharded training checkpoint (format {FORMAT!r})")
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing or meta.get("complete") is not True:
-        raise ValueError(f"sharded checkpoint {path} is incomplete (missing {missing})")
+    meta = checkpoint.load_record(meta_file, path, FORMAT, REQUIRED, kind="sharded ")
     _check_shards(path)
     return {**meta, "sharded": path}
 
