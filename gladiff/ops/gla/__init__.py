@@ -14,28 +14,17 @@ Triton nor a GPU.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
+from .._triton import TRITON_DTYPES as _TRITON_DTYPES
+from .._triton import triton_available as _triton_available
 from . import fla as _fla
 from .chunk import gla_chunk
 from .naive import gla_recurrent
 from .order import SCANS, check_scan, scan_order
 
 BACKENDS = ("auto", "recurrent", "chunk", "triton", "fla")
-# Looked up once: the dispatcher must stay cheap and traceable by torch.compile.
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _triton_impl = None
-
-
-def _triton_available(device: torch.device) -> bool:
-    if not _HAS_TRITON:
-        return False
-    # On the CPU the kernels run only under Triton's interpreter (tests).
-    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def _gla_triton(*args, **kwargs):

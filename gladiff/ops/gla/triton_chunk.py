@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton import fix_interpreter_index
+
 # Launch configuration: tokens per chunk (a power of two: the intra-chunk decay is split along a
 # binary tree), warps and pipeline stages per program, and the operand precision of the products
 # for 16-bit inputs ("tf32": float32 operands, "bf16": operands rounded to bf16; float32 inputs
@@ -429,27 +431,8 @@ def _launch(kernel, nseg: int, bh: int, *args, **kwargs):
 
 # Triton picks the interpreter when the kernels are decorated (TRITON_INTERPRET=1 at import).
 _INTERPRET = type(_fwd_kernel).__name__ == "InterpretedFunction"
-
-
-def _fix_interpreter_index():
-    """Triton 3.6's CPU interpreter turns a scalar into ``int`` with ``int(array_of_shape_1)``, which
-    NumPy >= 2.4 refuses; every loop with a run-time bound then fails. Patch that one conversion."""
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_gladiff_fixed", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched._gladiff_fixed = True
-    interpreter._patch_lang_tensor = patched
-
-
 if _INTERPRET:
-    _fix_interpreter_index()
+    fix_interpreter_index()
 
 
 def _settings(q, v, chunk, num_warps, num_stages, dot):

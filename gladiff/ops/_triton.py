@@ -1,0 +1,39 @@
+"""What every Triton-backed operator needs, without importing Triton: whether Triton can run on a
+device, and (imported lazily by the kernel modules) a fix for the CPU interpreter used by the tests."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+# Looked up once: dispatchers must stay cheap and traceable by torch.compile.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# Input dtypes our Triton kernels take (they accumulate in float32).
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def triton_available(device: torch.device) -> bool:
+    """Whether Triton kernels can run on ``device``: CUDA, or the CPU under ``TRITON_INTERPRET=1``."""
+    if not HAS_TRITON:
+        return False
+    # On the CPU the kernels run only under Triton's interpreter (tests).
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def fix_interpreter_index() -> None:
+    """Triton 3.6's CPU interpreter turns a scalar into ``int`` with ``int(array_of_shape_1)``, which
+    NumPy >= 2.4 refuses; every loop with a run-time bound then fails. Patch that one conversion
+    (idempotent; call it only when the kernels were decorated under ``TRITON_INTERPRET=1``)."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_gladiff_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._gladiff_fixed = True
+    interpreter._patch_lang_tensor = patched
