@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import gla
+from ..ops import dwconv3x3, gla
+from ..ops.dwconv import BACKENDS as DWCONV_BACKENDS
 from .backbone import DiffusionTransformer
 from .layers import modulate
 
@@ -135,9 +136,10 @@ class DiGBlock(nn.Module):
     (SREM's enhancement) in the block's frame."""
 
     def __init__(self, hidden_size: int, num_heads: int, orientation: Orientation, dwconv: bool = True,
-                 gla_backend: str = "auto", intermediate_size: int | None = None):
+                 gla_backend: str = "auto", intermediate_size: int | None = None, dwconv_backend: str = "auto"):
         super().__init__()
         self.orientation = orientation
+        self.dwconv_backend = dwconv_backend
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = GatedLinearAttention(hidden_size, num_heads, backend=gla_backend)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -162,13 +164,8 @@ class DiGBlock(nn.Module):
                                                scan=o.scan, reverse=o.reverse)
         x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
         if self.dwconv is not None:
-            B, T, D = x.shape
-            # Tokens [B, T, D] are the image in channels-last layout: view them as NCHW with
-            # channels-last strides (no copy) so the conv runs on cuDNN's NHWC depthwise kernels
-            # and its output reads back as [B, T, D] without a transpose copy either way.
-            img = x.reshape(B, *grid, D).permute(0, 3, 1, 2)
-            img = F.conv2d(img, self.conv_weight(), self.dwconv.bias, padding=1, groups=D)
-            x = img.permute(0, 2, 3, 1).reshape(B, T, D)
+            # The tokens are the image in channels-last layout: the op convolves them in place.
+            x = dwconv3x3(x, self.conv_weight(), self.dwconv.bias, grid, backend=self.dwconv_backend)
         return x
 
 
@@ -178,18 +175,22 @@ class DiG(DiffusionTransformer):
 
     Extra options (the paper's ablation): ``scan_schedule`` in ``SCAN_SCHEDULES`` (default
     ``"srem"``, the four-direction cycle), ``dwconv`` (default True) and ``dwconv_init`` in
-    ``DWCONV_INITS`` (default ``"identity"``); ``gla_backend`` picks the GLA operator's backend;
-    ``intermediate_size`` overrides the SwiGLU width.
+    ``DWCONV_INITS`` (default ``"identity"``); ``gla_backend`` picks the GLA operator's backend and
+    ``dwconv_backend`` the depth-wise conv's (``gladiff.ops.dwconv.BACKENDS``); ``intermediate_size``
+    overrides the SwiGLU width.
     """
 
     family = "DiG"
 
     def __init__(self, *args, scan_schedule: str = "srem", dwconv: bool = True, dwconv_init: str = "identity",
-                 gla_backend: str = "auto", intermediate_size: int | None = None, **kwargs):
+                 gla_backend: str = "auto", intermediate_size: int | None = None, dwconv_backend: str = "auto",
+                 **kwargs):
         if scan_schedule not in SCAN_SCHEDULES:
             raise ValueError(f"unknown scan_schedule {scan_schedule!r}; choose from {SCAN_SCHEDULES}")
         if dwconv_init not in DWCONV_INITS:
             raise ValueError(f"unknown dwconv_init {dwconv_init!r}; choose from {DWCONV_INITS}")
+        if dwconv_backend not in DWCONV_BACKENDS:
+            raise ValueError(f"unknown dwconv_backend {dwconv_backend!r}; choose from {DWCONV_BACKENDS}")
         hidden, heads = kwargs.get("hidden_size", 1152), kwargs.get("num_heads", 16)
         if hidden % (2 * heads):
             raise ValueError(f"DiG needs hidden_size divisible by 2 * num_heads (key dim D/2 split over "
@@ -198,13 +199,14 @@ class DiG(DiffusionTransformer):
         self.use_dwconv = dwconv
         self.dwconv_init = dwconv_init
         self.gla_backend = gla_backend
+        self.dwconv_backend = dwconv_backend
         self.intermediate_size = intermediate_size
         super().__init__(*args, **kwargs)
 
     def build_blocks(self):
         return [DiGBlock(self.hidden_size, self.num_heads, block_orientation(i, self.scan_schedule),
                          dwconv=self.use_dwconv, gla_backend=self.gla_backend,
-                         intermediate_size=self.intermediate_size)
+                         intermediate_size=self.intermediate_size, dwconv_backend=self.dwconv_backend)
                 for i in range(self.depth)]
 
     def initialize_family_weights(self):
@@ -225,3 +227,9 @@ class DiG(DiffusionTransformer):
         self.gla_backend = backend
         for block in self.blocks:
             block.attn.backend = backend
+
+    def set_dwconv_backend(self, backend: str) -> None:
+        """Switch every block's depth-wise conv backend (e.g. ``"torch"`` for checks)."""
+        self.dwconv_backend = backend
+        for block in self.blocks:
+            block.dwconv_backend = backend

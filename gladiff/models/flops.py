@@ -52,7 +52,7 @@ def count_macs(model: nn.Module, input_size, batch: int = 1) -> dict[str, int]:
             B, T, D = output.shape
             counts["mixer"] += attention_macs(B, T, D)
 
-    # F.conv2d inside DiG blocks (the conv in the block's frame) bypasses the module hook: count it here.
+    # The conv op inside DiG blocks (the conv in the block's frame) bypasses the module hook: count it here.
     def dwconv_hook(module, inputs, output):
         if getattr(module, "dwconv", None) is not None:
             B, T, D = output.shape

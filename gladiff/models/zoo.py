@@ -60,7 +60,7 @@ def create_model(name: str, input_size=32, in_channels: int = 4, num_classes: in
         learn_sigma: output ``2 * in_channels`` channels (eps and the variance interpolation).
         **overrides: any constructor option, e.g. ``depth``, ``hidden_size``, ``num_heads``,
             ``class_dropout_prob``; DiG: ``scan_schedule``, ``dwconv``, ``dwconv_init``, ``gla_backend``,
-            ``intermediate_size``; DiT: ``mlp_ratio``.
+            ``dwconv_backend``, ``intermediate_size``; DiT: ``mlp_ratio``.
     """
     cls, cfg = model_config(name)
     allowed = _accepted_options(cls)
