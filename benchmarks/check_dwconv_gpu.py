@@ -41,8 +41,10 @@ SHAPES = [
     ("XL/2 512px", 32, 1024, 1152),
 ]
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
-# Triton tiles swept: (tokens, channels, warps); the first is the default (dwconv_triton.CONFIG).
-SWEEP = [(32, 64, 4), (16, 128, 4), (64, 64, 8), (32, 128, 8), (64, 32, 4)]
+# Triton tiles swept, forward and backward kernels separately: (tokens, channels, warps); the first
+# of each is the default (dwconv_triton.CONFIG).
+SWEEP_FWD = [(32, 64, 4), (16, 128, 4), (64, 64, 8), (32, 128, 8), (64, 32, 4)]
+SWEEP_BWD = [(16, 64, 4), (8, 128, 4), (32, 64, 8), (16, 128, 8), (8, 64, 2)]
 NAMES = ["y", "dx", "dweight", "dbias"]
 # --cpu-smoke: the script's code paths on the CPU (Triton interpreter), tiny shapes, wall-clock
 # timings without graphs; numbers meaningless, for checking the script without a GPU.
@@ -185,21 +187,25 @@ def sweep(shapes, reps):
         x, dy = (torch.randn(B, T, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
         w9 = torch.randn(D, 9, device=DEVICE, dtype=torch.bfloat16)
         bias = torch.randn(D, device=DEVICE, dtype=torch.bfloat16)
-        ref = [K.conv_fwd(x, w9, bias, side, side), *K.conv_bwd(dy, x, w9, side, side)]
-        for bt, bd, warps in SWEEP:
-            kw = dict(block_t=bt, block_d=bd, warps=warps)
-            try:
-                out = [K.conv_fwd(x, w9, bias, side, side, **kw), *K.conv_bwd(dy, x, w9, side, side, **kw)]
-                err = max(rel(a, r) for a, r in zip(out, ref))
-                fwd_ms = graph_ms(lambda: K.conv_fwd(x, w9, bias, side, side, **kw), reps)
-                bwd_ms = graph_ms(lambda: K.conv_bwd(dy, x, w9, side, side, **kw), reps)
-            except Exception as exc:  # recorded; a tile that fails to compile is just not an option
-                print(f"  sweep {name:14} {bt}x{bd} w{warps}: {type(exc).__name__}: {exc}")
-                err, fwd_ms, bwd_ms = float("nan"), float("nan"), float("nan")
-            rows.append(dict(case=name, B=B, T=T, D=D, block_t=bt, block_d=bd, warps=warps, fwd_graph_ms=fwd_ms,
-                             bwd_graph_ms=bwd_ms, max_rel_diff_vs_default=err))
-            print(f"  sweep {name:14} tile {bt:3d}x{bd:3d} warps {warps}: fwd {fwd_ms:7.3f} ms  bwd {bwd_ms:7.3f} ms"
-                  f"  (vs default {err:.1e})", flush=True)
+        ref_fwd = [K.conv_fwd(x, w9, bias, side, side)]
+        ref_bwd = list(K.conv_bwd(dy, x, w9, side, side))
+        for kernel, tiles, ref in (("fwd", SWEEP_FWD, ref_fwd), ("bwd", SWEEP_BWD, ref_bwd)):
+            for bt, bd, warps in tiles:
+                kw = dict(block_t=bt, block_d=bd, warps=warps)
+                if kernel == "fwd":
+                    fn = lambda: [K.conv_fwd(x, w9, bias, side, side, **kw)]  # noqa: E731
+                else:
+                    fn = lambda: list(K.conv_bwd(dy, x, w9, side, side, **kw))  # noqa: E731
+                try:
+                    err = max(rel(a, r) for a, r in zip(fn(), ref))
+                    ms = graph_ms(fn, reps)
+                except Exception as exc:  # recorded; a tile that fails to compile is just not an option
+                    print(f"  sweep {name:14} {kernel} {bt}x{bd} w{warps}: {type(exc).__name__}: {exc}")
+                    err, ms = float("nan"), float("nan")
+                rows.append(dict(case=name, B=B, T=T, D=D, kernel=kernel, block_t=bt, block_d=bd, warps=warps,
+                                 graph_ms=ms, max_rel_diff_vs_default=err))
+                print(f"  sweep {name:14} {kernel} tile {bt:3d}x{bd:3d} warps {warps}: {ms:7.3f} ms"
+                      f"  (vs default {err:.1e})", flush=True)
     return rows
 
 

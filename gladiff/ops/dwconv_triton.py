@@ -12,8 +12,9 @@ the grid (zero padding). Everything accumulates in float32.
   by 180 degrees (``dx[t] = sum_k W[k] dy[t - offset_k]``), the forward tile code with the taps
   read in reverse. The weight and bias gradients ``dW[c, k] = sum_t dy[t, c] x[t + offset_k, c]``,
   ``db[c] = sum_t dy[t, c]`` are reduced in two deterministic stages: the first kernel (fused with
-  ``dx``: it holds ``dy`` anyway) walks a split of the tokens of one image and writes its 10 partial
-  sums per channel to a float32 ``[P, 10, D]`` buffer; the second sums the ``P`` rows in a fixed
+  ``dx``: it holds ``dy`` anyway) walks a split of the tokens of one image, accumulating whole
+  tiles (multiply-adds only; the sums across threads run once, after the loop), and writes its 10
+  partial sums per channel to a float32 ``[P, 10, D]`` buffer; the second sums the ``P`` rows in a fixed
   order and writes ``dW``/``db`` in the parameters' dtype. No atomics: bitwise reproducible.
 
 No host synchronisation and only PyTorch-allocated memory: CUDA-graph capturable. The fake
@@ -28,9 +29,11 @@ import triton.language as tl
 
 from ._triton import fix_interpreter_index
 
-# Tile: tokens x channels per program, warps per program; ``reduce_p`` rows per step of the final
-# weight-gradient sum. Overridable per call (tuning runs in benchmarks/check_dwconv_gpu.py).
-CONFIG = dict(block_t=32, block_d=64, warps=4, reduce_p=32)
+# Tiles (tokens x channels) and warps per program of the forward and of the backward kernel, and
+# ``reduce_p`` rows per step of the final weight-gradient sum. The backward holds 10 float32
+# accumulator tiles (9 taps and the bias), hence its smaller tile. Overridable per call (the sweep
+# in benchmarks/check_dwconv_gpu.py).
+CONFIG = dict(block_t=32, block_d=64, warps=4, bwd_block_t=16, bwd_block_d=64, bwd_warps=4, reduce_p=32)
 # Backward: split each image's tokens until at least this many programs run (132 SMs on H100/H200),
 # so small batches of long sequences still fill the GPU.
 TARGET_PROGRAMS = 1024
@@ -81,9 +84,9 @@ def _fwd_kernel(x, w9, bias, y, sxb, sxt, syb, syt, T, H, W, D,
 
 
 @triton.jit
-def _tap_sum(g, x, base, stride_t, row, col, mask_t, offs_d, mask_d, H, W, DI: tl.constexpr, DJ: tl.constexpr):
-    """``sum_t g[t] * x[t + (DI, DJ)]`` per channel: one weight tap's gradient over a tile, ``[BD]``."""
-    return tl.sum(g * _load_tap(x, base, stride_t, row, col, mask_t, offs_d, mask_d, H, W, DI, DJ), axis=0)
+def _tap_prod(g, x, base, stride_t, row, col, mask_t, offs_d, mask_d, H, W, DI: tl.constexpr, DJ: tl.constexpr):
+    """``g[t] * x[t + (DI, DJ)]`` on a tile: one weight tap's gradient terms, float32 ``[BT, BD]``."""
+    return g * _load_tap(x, base, stride_t, row, col, mask_t, offs_d, mask_d, H, W, DI, DJ)
 
 
 @triton.jit
@@ -97,17 +100,19 @@ def _bwd_kernel(x, dy, w9, dx, part, sxb, sxt, sdb, sdt, sgb, sgt, T, H, W, D, S
     xb = pid_b.to(tl.int64) * sxb
     db = pid_b.to(tl.int64) * sdb
     gb = pid_b.to(tl.int64) * sgb
-    # One accumulator per tap (row-major (di, dj) order of the 3x3 kernel) and one for the bias.
-    a0 = tl.zeros([BD], dtype=tl.float32)
-    a1 = tl.zeros([BD], dtype=tl.float32)
-    a2 = tl.zeros([BD], dtype=tl.float32)
-    a3 = tl.zeros([BD], dtype=tl.float32)
-    a4 = tl.zeros([BD], dtype=tl.float32)
-    a5 = tl.zeros([BD], dtype=tl.float32)
-    a6 = tl.zeros([BD], dtype=tl.float32)
-    a7 = tl.zeros([BD], dtype=tl.float32)
-    a8 = tl.zeros([BD], dtype=tl.float32)
-    a9 = tl.zeros([BD], dtype=tl.float32)
+    # One accumulator per tap (row-major (di, dj) order of the 3x3 kernel) and one for the bias,
+    # kept as whole tiles: the loop only multiplies and adds, and the sums over tokens (reductions
+    # across threads and warps) run once per program, after it.
+    a0 = tl.zeros([BT, BD], dtype=tl.float32)
+    a1 = tl.zeros([BT, BD], dtype=tl.float32)
+    a2 = tl.zeros([BT, BD], dtype=tl.float32)
+    a3 = tl.zeros([BT, BD], dtype=tl.float32)
+    a4 = tl.zeros([BT, BD], dtype=tl.float32)
+    a5 = tl.zeros([BT, BD], dtype=tl.float32)
+    a6 = tl.zeros([BT, BD], dtype=tl.float32)
+    a7 = tl.zeros([BT, BD], dtype=tl.float32)
+    a8 = tl.zeros([BT, BD], dtype=tl.float32)
+    a9 = tl.zeros([BT, BD], dtype=tl.float32)
     start = pid_s * SPLIT
     end = tl.minimum(start + SPLIT, T)
     for t0 in range(start, end, BT):
@@ -121,27 +126,27 @@ def _bwd_kernel(x, dy, w9, dx, part, sxb, sxt, sdb, sdt, sgb, sgt, T, H, W, D, S
         row = offs_t // W
         col = offs_t % W
         g = _load_tap(dy, db, sdt, row, col, mask_t, offs_d, mask_d, H, W, 0, 0)
-        a0 += _tap_sum(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, -1, -1)
-        a1 += _tap_sum(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, -1, 0)
-        a2 += _tap_sum(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, -1, 1)
-        a3 += _tap_sum(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 0, -1)
-        a4 += _tap_sum(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 0, 0)
-        a5 += _tap_sum(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 0, 1)
-        a6 += _tap_sum(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 1, -1)
-        a7 += _tap_sum(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 1, 0)
-        a8 += _tap_sum(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 1, 1)
-        a9 += tl.sum(g, axis=0)
+        a0 += _tap_prod(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, -1, -1)
+        a1 += _tap_prod(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, -1, 0)
+        a2 += _tap_prod(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, -1, 1)
+        a3 += _tap_prod(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 0, -1)
+        a4 += _tap_prod(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 0, 0)
+        a5 += _tap_prod(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 0, 1)
+        a6 += _tap_prod(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 1, -1)
+        a7 += _tap_prod(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 1, 0)
+        a8 += _tap_prod(g, x, xb, sxt, row, col, mask_t, offs_d, mask_d, H, W, 1, 1)
+        a9 += g
     prow = part + (pid_b * NSPLIT + pid_s).to(tl.int64) * (10 * D) + offs_d
-    tl.store(prow + 0 * D, a0, mask=mask_d)
-    tl.store(prow + 1 * D, a1, mask=mask_d)
-    tl.store(prow + 2 * D, a2, mask=mask_d)
-    tl.store(prow + 3 * D, a3, mask=mask_d)
-    tl.store(prow + 4 * D, a4, mask=mask_d)
-    tl.store(prow + 5 * D, a5, mask=mask_d)
-    tl.store(prow + 6 * D, a6, mask=mask_d)
-    tl.store(prow + 7 * D, a7, mask=mask_d)
-    tl.store(prow + 8 * D, a8, mask=mask_d)
-    tl.store(prow + 9 * D, a9, mask=mask_d)
+    tl.store(prow + 0 * D, tl.sum(a0, axis=0), mask=mask_d)
+    tl.store(prow + 1 * D, tl.sum(a1, axis=0), mask=mask_d)
+    tl.store(prow + 2 * D, tl.sum(a2, axis=0), mask=mask_d)
+    tl.store(prow + 3 * D, tl.sum(a3, axis=0), mask=mask_d)
+    tl.store(prow + 4 * D, tl.sum(a4, axis=0), mask=mask_d)
+    tl.store(prow + 5 * D, tl.sum(a5, axis=0), mask=mask_d)
+    tl.store(prow + 6 * D, tl.sum(a6, axis=0), mask=mask_d)
+    tl.store(prow + 7 * D, tl.sum(a7, axis=0), mask=mask_d)
+    tl.store(prow + 8 * D, tl.sum(a8, axis=0), mask=mask_d)
+    tl.store(prow + 9 * D, tl.sum(a9, axis=0), mask=mask_d)
 
 
 @triton.jit
@@ -172,7 +177,7 @@ def plan_splits(B: int, T: int, D: int, block_t: int | None = None, block_d: int
     """Backward token split: ``(split length, a multiple of block_t; number of splits)`` so that
     ``B * channel tiles * splits`` reaches ``target`` programs where the tokens allow. Depends on
     the shapes only (the reduction order, hence the result bits, is fixed by the shapes)."""
-    bt, bd = block_t or CONFIG["block_t"], block_d or CONFIG["block_d"]
+    bt, bd = block_t or CONFIG["bwd_block_t"], block_d or CONFIG["bwd_block_d"]
     target = TARGET_PROGRAMS if target is None else target
     tiles = triton.cdiv(T, bt)
     want = max(1, min(tiles, triton.cdiv(target, B * triton.cdiv(D, bd))))
@@ -197,15 +202,15 @@ def conv_fwd(x, w9, bias, grid_h: int, grid_w: int, block_t=None, block_d=None, 
 def conv_bwd(dy, x, w9, grid_h: int, grid_w: int, block_t=None, block_d=None, warps=None, reduce_p=None,
              target=None):
     """Gradients for output gradient ``dy: [B, T, D]``: ``(dx [B, T, D] in x's dtype, dw9 [D, 9] and
-    dbias [D] in w9's dtype)``."""
+    dbias [D] in w9's dtype)``. The keyword arguments override ``CONFIG``'s ``bwd_*`` entries."""
     B, T, D = x.shape
-    bt, bd = block_t or CONFIG["block_t"], block_d or CONFIG["block_d"]
+    bt, bd = block_t or CONFIG["bwd_block_t"], block_d or CONFIG["bwd_block_d"]
     if dy.stride(-1) != 1:
         dy = dy.contiguous()
     split, nsplit = plan_splits(B, T, D, bt, bd, target)
     dx = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     part = torch.empty(B * nsplit, 10, D, dtype=torch.float32, device=x.device)
-    warps = warps or CONFIG["warps"]
+    warps = warps or CONFIG["bwd_warps"]
     _bwd_kernel[(nsplit, triton.cdiv(D, bd), B)](
         x, dy, w9, dx, part, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
         T, grid_h, grid_w, D, split, nsplit, BT=bt, BD=bd, num_warps=warps)

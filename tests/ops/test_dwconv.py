@@ -157,9 +157,11 @@ def test_split_plan_covers_the_tokens():
         pytest.skip("needs Triton")
     for B, T, D in [(32, 256, 1152), (32, 256, 384), (1, 16384, 384), (4, 16384, 384), (32, 1024, 1152), (2, 3, 5)]:
         split, nsplit = K.plan_splits(B, T, D)
-        assert split % K.CONFIG["block_t"] == 0 and (nsplit - 1) * split < T <= nsplit * split
-        tiles_d = -(-D // K.CONFIG["block_d"])
-        assert B * tiles_d * nsplit >= min(K.TARGET_PROGRAMS, B * tiles_d * -(-T // K.CONFIG["block_t"])) // 2
+        bt, bd = K.CONFIG["bwd_block_t"], K.CONFIG["bwd_block_d"]
+        assert split % bt == 0 and (nsplit - 1) * split < T <= nsplit * split
+        tiles_d = -(-D // bd)
+        # enough programs (up to rounding of the split to whole tiles), where the tokens allow
+        assert B * tiles_d * nsplit >= min(K.TARGET_PROGRAMS, B * tiles_d * -(-T // bt)) // 2
 
 
 @needs_triton
