@@ -185,11 +185,19 @@ def plan_splits(B: int, T: int, D: int, block_t: int | None = None, block_d: int
     return split, triton.cdiv(T, split)
 
 
+def _check_offsets(t):
+    # Offsets inside one image are int32 in the kernels (the batch offset is int64).
+    if t.shape[1] * max(t.stride(1), t.shape[2]) >= 2**31:
+        raise ValueError(f"dwconv3x3 (triton): one image of {tuple(t.shape[1:])} tokens x channels with token "
+                         f"stride {t.stride(1)} is too large for 32-bit offsets; use backend='torch'")
+
+
 def conv_fwd(x, w9, bias, grid_h: int, grid_w: int, block_t=None, block_d=None, warps=None):
     """``x: [B, T, D]`` (channel stride 1), ``w9: [D, 9]`` contiguous, ``bias: [D]`` or None ->
     ``y: [B, T, D]`` contiguous in x's dtype. The keyword arguments override ``CONFIG``."""
     B, T, D = x.shape
     bt, bd = block_t or CONFIG["block_t"], block_d or CONFIG["block_d"]
+    _check_offsets(x)
     y = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(T, bt), triton.cdiv(D, bd), B)
     # Without a bias the pointer is never read (HAS_BIAS compiles it out); any tensor stands in.
@@ -205,8 +213,10 @@ def conv_bwd(dy, x, w9, grid_h: int, grid_w: int, block_t=None, block_d=None, wa
     dbias [D] in w9's dtype)``. The keyword arguments override ``CONFIG``'s ``bwd_*`` entries."""
     B, T, D = x.shape
     bt, bd = block_t or CONFIG["bwd_block_t"], block_d or CONFIG["bwd_block_d"]
-    if dy.stride(-1) != 1:
+    if dy.stride(-1) != 1 or dy.stride(1) * T >= 2**31:
         dy = dy.contiguous()
+    _check_offsets(x)
+    _check_offsets(dy)
     split, nsplit = plan_splits(B, T, D, bt, bd, target)
     dx = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     part = torch.empty(B * nsplit, 10, D, dtype=torch.float32, device=x.device)
