@@ -85,6 +85,10 @@ class GatedLinearAttention(nn.Module):
                                      nn.Linear(gate_low_rank_dim, self.key_dim, bias=True))
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
         self.g_norm_weight = nn.Parameter(torch.ones(self.head_v_dim))
+        # One GEMM for the q, k, v, g projections and the gate's low-rank down-projection (all read
+        # the same x): fewer, larger matmuls, and backward writes dx with one GEMM instead of five
+        # GEMMs and four additions. The parameters (and the state_dict) stay the published ones.
+        self.fuse_projections = True
 
     def reset_parameters(self) -> None:
         """The GLA recipe: xavier-uniform with gain 2**-2.5 on every linear, zero biases."""
@@ -95,17 +99,28 @@ class GatedLinearAttention(nn.Module):
                     nn.init.zeros_(m.bias)
         nn.init.ones_(self.g_norm_weight)
 
+    def project(self, x):
+        """``x: [B, T, D]`` -> ``q, k [B, T, D/2]``, ``v, g [B, T, D]``, gate logits ``[B, T, D/2]``
+        (before logsigmoid); with ``fuse_projections`` views into one GEMM's output."""
+        if not self.fuse_projections:
+            return (self.q_proj(x), self.k_proj(x), self.v_proj(x), self.g_proj(x), self.gk_proj(x))
+        down = self.gk_proj[0]
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.g_proj.weight,
+                       down.weight])
+        q, k, v, g, low = F.linear(x, w).split(
+            [self.key_dim, self.key_dim, self.value_dim, self.value_dim, down.out_features], dim=-1)
+        return q, k, v, g, self.gk_proj[1](low)
+
     def forward(self, x, grid, scan: str = "row", reverse: bool = False):
         """``x: [B, T, D]`` in raster order -> ``[B, T, D]``; the recurrence runs along ``scan``."""
         B, T, _ = x.shape
         H = self.num_heads
-        q = self.q_proj(x).view(B, T, H, self.head_k_dim)
-        k = self.k_proj(x).view(B, T, H, self.head_k_dim)
-        v = self.v_proj(x).view(B, T, H, self.head_v_dim)
-        gk = F.logsigmoid(self.gk_proj(x).float()) / self.gate_logit_normalizer
-        o = gla(q, k, v, gk.view(B, T, H, self.head_k_dim), scan=scan, reverse=reverse, grid=grid,
-                backend=self.backend)
-        g = self.g_proj(x).view(B, T, H, self.head_v_dim)
+        q, k, v, g, gk = self.project(x)
+        gk = F.logsigmoid(gk.float()) / self.gate_logit_normalizer
+        o = gla(q.view(B, T, H, self.head_k_dim), k.view(B, T, H, self.head_k_dim),
+                v.view(B, T, H, self.head_v_dim), gk.view(B, T, H, self.head_k_dim),
+                scan=scan, reverse=reverse, grid=grid, backend=self.backend)
+        g = g.view(B, T, H, self.head_v_dim)
         o = o.float()
         o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.g_norm_weight.float()
         o = (o * F.silu(g.float())).to(x.dtype)

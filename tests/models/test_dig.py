@@ -151,3 +151,26 @@ def test_backend_switch_gives_same_model_output():
         m.set_gla_backend("recurrent")
         b = m(x, t, y)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_projections_equal_separate_ones():
+    """The one-GEMM input projection computes the published separate projections, forward and
+    backward, and leaves the state_dict as it is."""
+    torch.manual_seed(0)
+    m = randomize(create_model("DiG-S/2", **TINY))
+    attn = m.blocks[1].attn
+    x = torch.randn(2, 24, 32, dtype=torch.float64, requires_grad=True)
+    attn.double()
+    outs, grads = [], []
+    for fused in (True, False):
+        attn.fuse_projections = fused
+        x.grad = None
+        attn.zero_grad()
+        y = attn(x, (4, 6), scan="row", reverse=True)
+        y.pow(2).sum().backward()
+        outs.append(y.detach())
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in attn.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert attn.fuse_projections is False and "blocks.1.attn.q_proj.weight" in m.state_dict()
