@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..ops import gla
 from .backbone import DiffusionTransformer
-from .layers import modulate
+from .layers import modulate, recomputed
 
 SCAN_SCHEDULES = ("srem", "flip", "causal")
 DWCONV_INITS = ("identity", "random")
@@ -89,6 +89,9 @@ class GatedLinearAttention(nn.Module):
         # the same x): fewer, larger matmuls, and backward writes dx with one GEMM instead of five
         # GEMMs and four additions. The parameters (and the state_dict) stay the published ones.
         self.fuse_projections = True
+        # Recompute the element-wise gate and norm regions in backward (their inputs are saved
+        # anyway): less activation memory for the same values and gradients.
+        self.recompute_elementwise = True
 
     def reset_parameters(self) -> None:
         """The GLA recipe: xavier-uniform with gain 2**-2.5 on every linear, zero biases."""
@@ -116,15 +119,22 @@ class GatedLinearAttention(nn.Module):
         B, T, _ = x.shape
         H = self.num_heads
         q, k, v, g, gk = self.project(x)
-        gk = F.logsigmoid(gk.float()) / self.gate_logit_normalizer
+        gk = recomputed(self.log_forget_gate, gk, enabled=self.recompute_elementwise)
         o = gla(q.view(B, T, H, self.head_k_dim), k.view(B, T, H, self.head_k_dim),
                 v.view(B, T, H, self.head_v_dim), gk.view(B, T, H, self.head_k_dim),
                 scan=scan, reverse=reverse, grid=grid, backend=self.backend)
-        g = g.view(B, T, H, self.head_v_dim)
+        o = recomputed(self.gated_norm, o, g.view(B, T, H, self.head_v_dim), enabled=self.recompute_elementwise)
+        return self.o_proj(o.reshape(B, T, self.value_dim))
+
+    def log_forget_gate(self, logits):
+        """Gate logits -> log forget gates ``logsigmoid(logits) / normalizer`` (float32, <= 0)."""
+        return F.logsigmoid(logits.float()) / self.gate_logit_normalizer
+
+    def gated_norm(self, o, g):
+        """Per-head RMSNorm of the GLA output times ``swish(g)``, in float32, back in ``g``'s dtype."""
         o = o.float()
         o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.g_norm_weight.float()
-        o = (o * F.silu(g.float())).to(x.dtype)
-        return self.o_proj(o.reshape(B, T, self.value_dim))
+        return (o * F.silu(g.float())).to(g.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -139,9 +149,17 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
+        # Recompute silu(gate) * y in backward from gate_proj's output (saved anyway) rather than
+        # keeping it: saves 8D/3 values per token for one element-wise pass.
+        self.recompute_elementwise = True
+
     def forward(self, x):
-        gate, y = self.gate_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * y)
+        return self.down_proj(recomputed(self.activation, self.gate_proj(x), enabled=self.recompute_elementwise))
+
+    @staticmethod
+    def activation(gate_y):
+        gate, y = gate_y.chunk(2, dim=-1)
+        return F.silu(gate) * y
 
 
 # ----------------------------------------------------------------------------- block
