@@ -1,7 +1,8 @@
-"""Where a DiG / DiT training step spends its GPU time: torch.profiler over a few eager steps, kernels
-grouped into categories (GEMM, GLA kernels, attention, conv, norms / elementwise, optimizer, copies).
+"""Where a DiG / DiT training step spends its GPU time: torch.profiler over a few steps (eager, or
+compiled with ``--compile``), kernels grouped into categories (GEMM, GLA kernels, attention, conv,
+norms / elementwise, optimizer, copies).
 
-    python benchmarks/profile_step.py --model DiG-XL/2 --res 256 --batch 32 [--out FILE.json]
+    python benchmarks/profile_step.py --model DiG-XL/2 --res 256 --batch 32 [--compile] [--out FILE.json]
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def main(argv=None):
     p.add_argument("--attn", default=None, help="DiT SDPA backend (flash / cudnn)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--compile", action="store_true", help="profile the torch.compile'd model (DiG/DiT's best mode)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -45,14 +47,15 @@ def main(argv=None):
     family, size = args.model.split("-", 1)
     case = _Case(family, size, args.res, args.batch, args.attn, "auto")
     case.opt = torch.optim.AdamW(case.model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+    model = torch.compile(case.model) if args.compile else case.model
     for _ in range(3):
         case.opt.zero_grad(set_to_none=True)
-        case.train_step(case.model)
+        case.train_step(model)
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(args.steps):
             case.opt.zero_grad(set_to_none=True)
-            case.train_step(case.model)
+            case.train_step(model)
         torch.cuda.synchronize()
     kernels = defaultdict(lambda: [0.0, 0])
     for ev in prof.events():
@@ -65,7 +68,8 @@ def main(argv=None):
         cat = next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
         cats[cat] += ms
     total = sum(cats.values())
-    print(f"{args.model} {args.res}px batch {args.batch}: GPU busy {total:.2f} ms per training step "
+    what = f"{args.model} {args.res}px batch {args.batch}{' compiled' if args.compile else ''}"
+    print(f"{what}: GPU busy {total:.2f} ms per training step "
           f"({sum(n for _, n in kernels.values()) // args.steps} kernels)")
     for cat, ms in sorted(cats.items(), key=lambda x: -x[1]):
         print(f"  {cat:18} {ms:8.2f} ms  {100 * ms / total:5.1f}%")
@@ -74,6 +78,7 @@ def main(argv=None):
         print(f"  {ms:8.3f} ms x{n // args.steps:4d}  {name[:110]}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(environment(), model=args.model, res=args.res, batch=args.batch,
+                                                  compiled=args.compile,
                                                   busy_ms=total, categories=cats,
                                                   top=[dict(name=n, ms=m, calls=c // args.steps)
                                                        for n, (m, c) in top]), indent=1))

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from gladiff.cli.train import int_or_str
+from gladiff.sample.graphed import EXECUTIONS
 from gladiff.train.config import parse_key_values
 
 
@@ -37,6 +38,10 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="autocast precision of the model while sampling")
+    p.add_argument("--execution", default="eager", choices=EXECUTIONS,
+                   help="how the network runs: eager, compile (torch.compile), graph (each network pass "
+                        "replayed from a CUDA graph) or compile+graph; the samples are the same up to "
+                        "floating-point reassociation under compile")
     p.add_argument("--vae", default=None, help="latent models: the VAE (local folder or hub id) to decode "
                                                "with (default: the one recorded at extraction)")
     p.add_argument("--grid-count", type=int, default=100, help="samples shown in a .png grid")
@@ -70,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         result = sample_images(trained, labels, seed=args.seed, batch_size=args.batch_size,
                                sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                                dist=dist, decode=decode, autocast=precision.autocast,
-                               share_dir=Path(args.out[0]).parent, progress=not args.no_progress)
+                               share_dir=Path(args.out[0]).parent, progress=not args.no_progress,
+                               execution=args.execution)
         if dist.is_main:
             images, labels = result
             nrow = args.nrow or (len(classes) if classes and len(classes) <= 32 else None)

@@ -65,6 +65,11 @@ def count_macs(model: nn.Module, input_size, batch: int = 1) -> dict[str, int]:
             handles.append(m.register_forward_hook(hook))
         if hasattr(m, "dwconv"):
             handles.append(m.register_forward_hook(dwconv_hook))
+    # The one-GEMM input projection calls F.linear past the q/k/v/g/gate module hooks; count the
+    # same products through the separate modules (identical MACs).
+    fused = [m for m in model.modules() if isinstance(m, GatedLinearAttention) and m.fuse_projections]
+    for m in fused:
+        m.fuse_projections = False
     was_training = model.training
     model.eval()
     try:
@@ -75,6 +80,8 @@ def count_macs(model: nn.Module, input_size, batch: int = 1) -> dict[str, int]:
     finally:
         for hd in handles:
             hd.remove()
+        for m in fused:
+            m.fuse_projections = True
         model.train(was_training)
     counts["total"] = counts["linear_conv"] + counts["mixer"]
     return counts

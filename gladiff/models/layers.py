@@ -7,11 +7,29 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 
 def modulate(x, shift, scale):
     """adaLN: ``x * (1 + scale) + shift`` with per-sample ``shift, scale: [B, D]`` over ``x: [B, T, D]``."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def recomputed(fn, *args, enabled: bool = True):
+    """``fn(*args)`` whose intermediates are not kept for backward but recomputed there.
+
+    For cheap element-wise regions whose inputs are saved anyway (by the neighbouring matmuls or
+    kernels): under ``torch.compile`` the region's values are tagged "recompute", so the
+    partitioner keeps only its inputs instead of its float32 intermediates and output; eager
+    autograd drops the intermediates (non-reentrant ``torch.utils.checkpoint``). The forward
+    values and gradients are exactly those of ``fn(*args)``. Off without gradients or when
+    ``enabled`` is False.
+    """
+    if not enabled or not torch.is_grad_enabled():
+        return fn(*args)
+    # No randomness inside these regions: skipping the RNG-state save keeps the step free of
+    # host work (and CUDA-graph capturable).
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
 
 
 # ----------------------------------------------------------------------------- embedders

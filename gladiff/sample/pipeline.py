@@ -16,18 +16,22 @@ from gladiff.train import parallel
 from gladiff.train.parallel import Dist
 
 from .generate import generate
+from .graphed import for_sampling
 from .images import save_grid, write_npz
 from .load import Trained
 
 
 def sample_images(trained: Trained, labels: torch.Tensor, *, seed: int = 0, batch_size: int = 64,
                   sampler: str | None = None, steps=None, cfg_scale: float = 1.0, dist: Dist = Dist(),
-                  decode=None, autocast=None, share_dir: str | Path = ".", progress: bool = True):
+                  decode=None, autocast=None, share_dir: str | Path = ".", progress: bool = True,
+                  execution: str = "eager"):
     """All samples for ``labels`` (``int64 [N]``) on rank 0 as ``(images uint8 [N, H, W, C],
     labels int64 [N])``; other ranks return ``None``. With several processes every rank writes
-    its share under ``share_dir`` and rank 0 merges them (then deletes the shares)."""
+    its share under ``share_dir`` and rank 0 merges them (then deletes the shares). ``execution``:
+    how the network runs (``graphed.EXECUTIONS``: eager, compile, graph, compile+graph)."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
-    indices, images = generate(trained.model, trained.objective, labels, trained.sample_shape,
+    model = for_sampling(trained.model, execution, dist.device)
+    indices, images = generate(model, trained.objective, labels, trained.sample_shape,
                                seed=seed, batch_size=batch_size, sampler=sampler, steps=steps,
                                cfg_scale=cfg_scale, dist=dist, decode=decode, autocast=autocast,
                                progress=progress)

@@ -123,3 +123,22 @@ def test_one_and_two_processes_write_the_same_npz(trained_ckpt, tmp_path):
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not list(tmp_path.glob(".sample-shares-*"))  # shares cleaned up
     assert (tmp_path / "one.png").stat().st_size > 0
+
+
+def test_execution_modes_are_checked_and_eager_is_the_model_itself(trained_ckpt):
+    from gladiff.sample import EXECUTIONS, GraphedModel, for_sampling
+
+    tr = load_trained(trained_ckpt)
+    assert for_sampling(tr.model, "eager") is tr.model
+    assert set(EXECUTIONS) == {"eager", "compile", "graph", "compile+graph"}
+    with pytest.raises(ValueError, match="unknown execution"):
+        for_sampling(tr.model, "fast")
+    for mode in ("graph", "compile+graph"):
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            for_sampling(tr.model, mode, "cpu")
+    graphed = GraphedModel(tr.model)
+    assert graphed.in_channels == tr.model.in_channels  # the wrapped model's attributes show through
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        graphed(torch.zeros(1, 1, 8, 8), torch.zeros(1), torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="warmup"):
+        GraphedModel(tr.model, warmup=0)
