@@ -235,8 +235,8 @@ def main(argv=None):
     from gladiff.ops import dwconv_triton as K
 
     torch.manual_seed(0)
-    result = dict(environment(), cpu_smoke=args.cpu_smoke, dwconv_triton_config=dict(K.CONFIG), target_programs=K.TARGET_PROGRAMS,
-                  tolerances=TOL, reference="F.conv2d in float64 on a transposed (NCHW) copy",
+    result = dict(environment(), cpu_smoke=args.cpu_smoke, dwconv_triton_config=dict(K.CONFIG),
+                  target_programs=K.TARGET_PROGRAMS, tolerances=TOL, reference="F.conv2d in float64 on a transposed (NCHW) copy",
                   metric="||out - ref|| / ||ref||", partial=True)
     print("correctness (float64 F.conv2d reference):", flush=True)
     result["check"] = check(shapes)

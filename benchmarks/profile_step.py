@@ -2,7 +2,8 @@
 compiled with ``--compile``), kernels grouped into categories (GEMM, GLA kernels, attention, conv,
 norms / elementwise, optimizer, copies).
 
-    python benchmarks/profile_step.py --model DiG-XL/2 --res 256 --batch 32 [--compile] [--out FILE.json]
+    python benchmarks/profile_step.py --model DiG-XL/2 --res 256 --batch 32 [--compile] [--dwconv-backend torch]
+        [--out FILE.json]
 """
 from __future__ import annotations
 
@@ -39,13 +40,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--compile", action="store_true", help="profile the torch.compile'd model (DiG/DiT's best mode)")
+    p.add_argument("--dwconv-backend", default="auto", choices=["auto", "torch", "triton"],
+                   help="DiG's depth-wise conv (auto: our Triton kernels on CUDA; torch: cuDNN)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_step: no CUDA GPU; nothing profiled.")
         return 0
     family, size = args.model.split("-", 1)
-    case = _Case(family, size, args.res, args.batch, args.attn, "auto")
+    case = _Case(family, size, args.res, args.batch, args.attn, "auto", args.dwconv_backend)
     case.opt = torch.optim.AdamW(case.model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
     model = torch.compile(case.model) if args.compile else case.model
     for _ in range(3):
@@ -78,7 +81,7 @@ def main(argv=None):
         print(f"  {ms:8.3f} ms x{n // args.steps:4d}  {name[:110]}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(environment(), model=args.model, res=args.res, batch=args.batch,
-                                                  compiled=args.compile,
+                                                  compiled=args.compile, dwconv_backend=args.dwconv_backend,
                                                   busy_ms=total, categories=cats,
                                                   top=[dict(name=n, ms=m, calls=c // args.steps)
                                                        for n, (m, c) in top]), indent=1))

@@ -49,9 +49,10 @@ def _sdpa_context(attn: str | None):
 class _Case:
     """One model at one resolution and batch, with static inputs (graph-friendly)."""
 
-    def __init__(self, family: str, size: str, res: int, batch: int, attn: str | None, gla_backend: str):
+    def __init__(self, family: str, size: str, res: int, batch: int, attn: str | None, gla_backend: str,
+                 dwconv_backend: str = "auto"):
         latent = res // 8
-        kwargs = {"gla_backend": gla_backend} if family == "DiG" else {}
+        kwargs = {"gla_backend": gla_backend, "dwconv_backend": dwconv_backend} if family == "DiG" else {}
         self.name = f"{family}-{size}"
         self.model = create_model(self.name, input_size=latent, **kwargs).cuda()
         self.model.validate_inputs = False  # no host syncs inside timed / captured steps
@@ -124,7 +125,7 @@ def _linear_flops(family: str, size: str, res: int, batch: int, work: str) -> fl
 
 
 def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), work=("train", "sample"),
-                    modes=None, dit_attn=("flash", "cudnn"), reps=10, gla_backend="auto",
+                    modes=None, dit_attn=("flash", "cudnn"), reps=10, gla_backend="auto", dwconv_backend="auto",
                     max_minutes: float | None = None, on_row=None) -> dict:
     """Returns ``{"matmul_tflops", "rows", "summary"}``; ``rows`` has one entry per measurement,
     ``summary`` the best mode per (size, res, batch, work, family) and the DiG/DiT ratios.
@@ -147,7 +148,7 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
                 for w in work:
                     jobs.append((size, res, batch, w))
     rows = []
-    result = dict(matmul_tflops=ceiling, rows=rows, summary=[])
+    result = dict(matmul_tflops=ceiling, rows=rows, summary=[], dwconv_backend=dwconv_backend)
     start = time.time()
     for size, res, batch, w in tqdm(jobs, desc="model bench"):
         flops = _linear_flops("DiG", size, res, batch, w), _linear_flops("DiT", size, res, batch, w)
@@ -155,7 +156,7 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
             for attn in (dit_attn if family == "DiT" else (None,)):
                 case = None
                 try:
-                    case = _Case(family, size, res, batch, attn, gla_backend)
+                    case = _Case(family, size, res, batch, attn, gla_backend, dwconv_backend)
                     for mode in modes:
                         if max_minutes is not None and time.time() - start > 60 * max_minutes:
                             raise TimeoutError(f"time budget of {max_minutes} min spent")

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--dit-attn", nargs="+", default=["flash", "cudnn"], choices=["flash", "cudnn"],
                    help="SDPA backends tried for DiT; the fastest counts")
     p.add_argument("--gla-backends", nargs="+", default=None, help="--op: GLA backends (default triton fla)")
+    p.add_argument("--dwconv-backend", default="auto", choices=["auto", "torch", "triton"],
+                   help="DiG's depth-wise conv (auto: our Triton kernels on CUDA; torch: cuDNN)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<kind>_<card>_<time>.json)")
     p.add_argument("--plot", default=None, help="PNG path for the throughput/memory plot (model bench)")
     p.add_argument("--reps", type=int, default=10, help="timed repeats per measurement (median)")
@@ -60,7 +62,7 @@ def run(args) -> int:
     save = lambda result: write_json(out, dict(env, kind="model", **result))
     result = run_model_bench(models=args.models, resolutions=args.res, extra_batches=args.batch,
                              work=args.work, modes=args.modes, dit_attn=args.dit_attn, reps=args.reps,
-                             max_minutes=args.max_minutes, on_row=save)
+                             dwconv_backend=args.dwconv_backend, max_minutes=args.max_minutes, on_row=save)
     path = save(result)
     print(f"\ncard: {env['card']}, bf16 matmul ceiling {result['matmul_tflops']:.0f} TFLOP/s\n"
           + format_model_rows(result["summary"]))

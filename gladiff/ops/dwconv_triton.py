@@ -29,6 +29,8 @@ import triton.language as tl
 
 from ._triton import fix_interpreter_index
 
+# Kernel names avoid GLA's ``_fwd_kernel`` / ``_bwd_kernel`` and contain "conv", so that profiles
+# (benchmarks/profile_step.py groups kernels by name) count them as the conv.
 # Tiles (tokens x channels) and warps per program of the forward and of the backward kernel, and
 # ``reduce_p`` rows per step of the final weight-gradient sum. The backward holds 10 float32
 # accumulator tiles (9 taps and the bias), hence its smaller tile. Overridable per call (the sweep
@@ -69,7 +71,7 @@ def _conv_tile(src, base, stride_t, w9, offs_t, mask_t, offs_d, mask_d, H, W,
 
 
 @triton.jit
-def _fwd_kernel(x, w9, bias, y, sxb, sxt, syb, syt, T, H, W, D,
+def _dwconv_forward(x, w9, bias, y, sxb, sxt, syb, syt, T, H, W, D,
                 HAS_BIAS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
     """Program (token tile, channel tile, image): ``y = conv(x) + bias``."""
     pid_t, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -90,7 +92,7 @@ def _tap_prod(g, x, base, stride_t, row, col, mask_t, offs_d, mask_d, H, W, DI: 
 
 
 @triton.jit
-def _bwd_kernel(x, dy, w9, dx, part, sxb, sxt, sdb, sdt, sgb, sgt, T, H, W, D, SPLIT, NSPLIT,
+def _dwconv_backward(x, dy, w9, dx, part, sxb, sxt, sdb, sdt, sgb, sgt, T, H, W, D, SPLIT, NSPLIT,
                 BT: tl.constexpr, BD: tl.constexpr):
     """Program (token split, channel tile, image): ``dx`` on the split's tokens and the split's
     partial sums of the 9 weight taps' and the bias' gradients (rows of ``part[P, 10, D]``)."""
@@ -150,7 +152,7 @@ def _bwd_kernel(x, dy, w9, dx, part, sxb, sxt, sdb, sdt, sgb, sgt, T, H, W, D, S
 
 
 @triton.jit
-def _reduce_kernel(part, dw9, dbias, P, D, BP: tl.constexpr, BD: tl.constexpr):
+def _dwconv_weight_sum(part, dw9, dbias, P, D, BP: tl.constexpr, BD: tl.constexpr):
     """Program (channel tile, row k of 10): ``sum_p part[p, k, :]`` in a fixed order -> ``dw9[:, k]``
     (k < 9) or ``dbias`` (k == 9), in their dtypes."""
     pid_d, k = tl.program_id(0), tl.program_id(1)
@@ -167,7 +169,7 @@ def _reduce_kernel(part, dw9, dbias, P, D, BP: tl.constexpr, BD: tl.constexpr):
 
 
 # Triton picks the interpreter when the kernels are decorated (TRITON_INTERPRET=1 at import).
-_INTERPRET = type(_fwd_kernel).__name__ == "InterpretedFunction"
+_INTERPRET = type(_dwconv_forward).__name__ == "InterpretedFunction"
 if _INTERPRET:
     fix_interpreter_index()
 
@@ -201,7 +203,7 @@ def conv_fwd(x, w9, bias, grid_h: int, grid_w: int, block_t=None, block_d=None, 
     y = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(T, bt), triton.cdiv(D, bd), B)
     # Without a bias the pointer is never read (HAS_BIAS compiles it out); any tensor stands in.
-    _fwd_kernel[grid](x, w9, bias if bias is not None else y, y, x.stride(0), x.stride(1), y.stride(0),
+    _dwconv_forward[grid](x, w9, bias if bias is not None else y, y, x.stride(0), x.stride(1), y.stride(0),
                       y.stride(1), T, grid_h, grid_w, D, HAS_BIAS=bias is not None, BT=bt, BD=bd,
                       num_warps=warps or CONFIG["warps"])
     return y
@@ -221,12 +223,12 @@ def conv_bwd(dy, x, w9, grid_h: int, grid_w: int, block_t=None, block_d=None, wa
     dx = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     part = torch.empty(B * nsplit, 10, D, dtype=torch.float32, device=x.device)
     warps = warps or CONFIG["bwd_warps"]
-    _bwd_kernel[(nsplit, triton.cdiv(D, bd), B)](
+    _dwconv_backward[(nsplit, triton.cdiv(D, bd), B)](
         x, dy, w9, dx, part, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
         T, grid_h, grid_w, D, split, nsplit, BT=bt, BD=bd, num_warps=warps)
     dw9 = torch.empty(D, 9, dtype=w9.dtype, device=x.device)
     dbias = torch.empty(D, dtype=w9.dtype, device=x.device)
-    _reduce_kernel[(triton.cdiv(D, bd), 10)](part, dw9, dbias, B * nsplit, D, BP=reduce_p or CONFIG["reduce_p"],
+    _dwconv_weight_sum[(triton.cdiv(D, bd), 10)](part, dw9, dbias, B * nsplit, D, BP=reduce_p or CONFIG["reduce_p"],
                                              BD=bd, num_warps=warps)
     return dx, dw9, dbias
 
