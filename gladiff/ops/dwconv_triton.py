@@ -14,8 +14,8 @@ the grid (zero padding). Everything accumulates in float32.
   ``db[c] = sum_t dy[t, c]`` are reduced in two deterministic stages: the first kernel (fused with
   ``dx``: it holds ``dy`` anyway) walks a split of the tokens of one image, accumulating whole
   tiles (multiply-adds only; the sums across threads run once, after the loop), and writes its 10
-  partial sums per channel to a float32 ``[P, 10, D]`` buffer; the second sums the ``P`` rows in a fixed
-  order and writes ``dW``/``db`` in the parameters' dtype. No atomics: bitwise reproducible.
+  partial sums per channel to a float32 ``[P, 10, D]`` buffer; the second sums the ``P`` rows in a
+  fixed order and writes ``dW``/``db`` in the parameters' dtype. No atomics: bitwise reproducible.
 
 No host synchronisation and only PyTorch-allocated memory: CUDA-graph capturable. The fake
 implementations let ``torch.compile(fullgraph=True)`` trace through. Importing this module imports
@@ -31,6 +31,7 @@ from ._triton import fix_interpreter_index
 
 # Kernel names avoid GLA's ``_fwd_kernel`` / ``_bwd_kernel`` and contain "conv", so that profiles
 # (benchmarks/profile_step.py groups kernels by name) count them as the conv.
+
 # Tiles (tokens x channels) and warps per program of the forward and of the backward kernel, and
 # ``reduce_p`` rows per step of the final weight-gradient sum. The backward holds 10 float32
 # accumulator tiles (9 taps and the bias), hence its smaller tile. Overridable per call (the sweep
@@ -204,8 +205,8 @@ def conv_fwd(x, w9, bias, grid_h: int, grid_w: int, block_t=None, block_d=None, 
     grid = (triton.cdiv(T, bt), triton.cdiv(D, bd), B)
     # Without a bias the pointer is never read (HAS_BIAS compiles it out); any tensor stands in.
     _dwconv_forward[grid](x, w9, bias if bias is not None else y, y, x.stride(0), x.stride(1), y.stride(0),
-                      y.stride(1), T, grid_h, grid_w, D, HAS_BIAS=bias is not None, BT=bt, BD=bd,
-                      num_warps=warps or CONFIG["warps"])
+                          y.stride(1), T, grid_h, grid_w, D, HAS_BIAS=bias is not None, BT=bt, BD=bd,
+                          num_warps=warps or CONFIG["warps"])
     return y
 
 
@@ -228,8 +229,8 @@ def conv_bwd(dy, x, w9, grid_h: int, grid_w: int, block_t=None, block_d=None, wa
         T, grid_h, grid_w, D, split, nsplit, BT=bt, BD=bd, num_warps=warps)
     dw9 = torch.empty(D, 9, dtype=w9.dtype, device=x.device)
     dbias = torch.empty(D, dtype=w9.dtype, device=x.device)
-    _dwconv_weight_sum[(triton.cdiv(D, bd), 10)](part, dw9, dbias, B * nsplit, D, BP=reduce_p or CONFIG["reduce_p"],
-                                             BD=bd, num_warps=warps)
+    _dwconv_weight_sum[(triton.cdiv(D, bd), 10)](part, dw9, dbias, B * nsplit, D,
+                                                 BP=reduce_p or CONFIG["reduce_p"], BD=bd, num_warps=warps)
     return dx, dw9, dbias
 
 
