@@ -41,10 +41,11 @@ SHAPES = [
     ("XL/2 512px", 32, 1024, 1152),
 ]
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
-# Triton tiles swept, forward and backward kernels separately: (tokens, channels, warps); the first
-# of each is the default (dwconv_triton.CONFIG).
-SWEEP_FWD = [(32, 64, 4), (16, 128, 4), (64, 64, 8), (32, 128, 8), (64, 32, 4)]
-SWEEP_BWD = [(16, 64, 4), (8, 128, 4), (32, 64, 8), (16, 128, 8), (8, 64, 2)]
+# Triton tiles swept, forward and backward separately: (tokens, channels, warps[, dx fused into the
+# backward kernel]); the first of each is the default (dwconv_triton.CONFIG).
+SWEEP_FWD = [(16, 64, 4), (8, 128, 4), (32, 64, 8), (16, 128, 8), (8, 64, 2)]
+SWEEP_BWD = [(8, 64, 8, True), (4, 64, 4, True), (16, 64, 8, True), (8, 128, 8, True),
+             (8, 64, 8, False), (16, 64, 8, False)]
 NAMES = ["y", "dx", "dweight", "dbias"]
 # --cpu-smoke: the script's code paths on the CPU (Triton interpreter), tiny shapes, wall-clock
 # timings without graphs; numbers meaningless, for checking the script without a GPU.
@@ -190,8 +191,10 @@ def sweep(shapes, reps):
         ref_fwd = [K.conv_fwd(x, w9, bias, side, side)]
         ref_bwd = list(K.conv_bwd(dy, x, w9, side, side))
         for kernel, tiles, ref in (("fwd", SWEEP_FWD, ref_fwd), ("bwd", SWEEP_BWD, ref_bwd)):
-            for bt, bd, warps in tiles:
+            for bt, bd, warps, *fused in tiles:
                 kw = dict(block_t=bt, block_d=bd, warps=warps)
+                if fused:
+                    kw["fused"] = fused[0]
                 if kernel == "fwd":
                     fn = lambda: [K.conv_fwd(x, w9, bias, side, side, **kw)]  # noqa: E731
                 else:
@@ -203,8 +206,9 @@ def sweep(shapes, reps):
                     print(f"  sweep {name:14} {kernel} {bt}x{bd} w{warps}: {type(exc).__name__}: {exc}")
                     err, ms = float("nan"), float("nan")
                 rows.append(dict(case=name, B=B, T=T, D=D, kernel=kernel, block_t=bt, block_d=bd, warps=warps,
-                                 graph_ms=ms, max_rel_diff_vs_default=err))
-                print(f"  sweep {name:14} {kernel} tile {bt:3d}x{bd:3d} warps {warps}: {ms:7.3f} ms"
+                                 fused=kw.get("fused"), graph_ms=ms, max_rel_diff_vs_default=err))
+                tag = "" if not fused else (" fused" if fused[0] else " split")
+                print(f"  sweep {name:14} {kernel} tile {bt:3d}x{bd:3d} warps {warps}{tag}: {ms:7.3f} ms"
                       f"  (vs default {err:.1e})", flush=True)
     return rows
 

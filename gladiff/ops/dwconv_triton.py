@@ -33,10 +33,14 @@ from ._triton import fix_interpreter_index
 # (benchmarks/profile_step.py groups kernels by name) count them as the conv.
 
 # Tiles (tokens x channels) and warps per program of the forward and of the backward kernel, and
-# ``reduce_p`` rows per step of the final weight-gradient sum. The backward holds 10 float32
-# accumulator tiles (9 taps and the bias), hence its smaller tile. Overridable per call (the sweep
-# in benchmarks/check_dwconv_gpu.py).
-CONFIG = dict(block_t=32, block_d=64, warps=4, bwd_block_t=16, bwd_block_d=64, bwd_warps=4, reduce_p=32)
+# ``reduce_p`` rows per step of the final weight-gradient sum; ``bwd_fused``: dx in the backward
+# kernel (else a launch of the forward kernel of its own). Chosen by register count (ptxas for
+# sm_90a, benchmarks/dwconv_registers.py): the forward's 16 x 64 bf16 tile over 4 warps is one
+# 16-byte vector per thread and tap, 79 registers; the backward holds 10 float32 accumulator tiles
+# (9 taps and the bias), so it takes 8 x 64 over 8 warps, 88 registers (16 x 64 over 4 warps
+# needs 255 and spills). Overridable per call (the sweep in benchmarks/check_dwconv_gpu.py).
+CONFIG = dict(block_t=16, block_d=64, warps=4, bwd_block_t=8, bwd_block_d=64, bwd_warps=8, bwd_fused=True,
+              reduce_p=32)
 # Backward: split each image's tokens until at least this many programs run (132 SMs on H100/H200),
 # so small batches of long sequences still fill the GPU.
 TARGET_PROGRAMS = 1024
@@ -73,13 +77,14 @@ def _conv_tile(src, base, stride_t, w9, offs_t, mask_t, offs_d, mask_d, H, W,
 
 @triton.jit
 def _dwconv_forward(x, w9, bias, y, sxb, sxt, syb, syt, T, H, W, D,
-                HAS_BIAS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    """Program (token tile, channel tile, image): ``y = conv(x) + bias``."""
+                    HAS_BIAS: tl.constexpr, FLIP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """Program (token tile, channel tile, image): ``y = conv(x) + bias`` (``FLIP``: with the kernel
+    rotated by 180 degrees, i.e. the input gradient when ``x`` is ``dy``)."""
     pid_t, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = pid_t * BT + tl.arange(0, BT)
     offs_d = pid_d * BD + tl.arange(0, BD)
     mask_t, mask_d = offs_t < T, offs_d < D
-    acc = _conv_tile(x, pid_b.to(tl.int64) * sxb, sxt, w9, offs_t, mask_t, offs_d, mask_d, H, W, False, BT, BD)
+    acc = _conv_tile(x, pid_b.to(tl.int64) * sxb, sxt, w9, offs_t, mask_t, offs_d, mask_d, H, W, FLIP, BT, BD)
     if HAS_BIAS:
         acc += tl.load(bias + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     ptrs = y + pid_b.to(tl.int64) * syb + offs_t[:, None] * syt + offs_d[None, :]
@@ -94,9 +99,10 @@ def _tap_prod(g, x, base, stride_t, row, col, mask_t, offs_d, mask_d, H, W, DI: 
 
 @triton.jit
 def _dwconv_backward(x, dy, w9, dx, part, sxb, sxt, sdb, sdt, sgb, sgt, T, H, W, D, SPLIT, NSPLIT,
-                BT: tl.constexpr, BD: tl.constexpr):
-    """Program (token split, channel tile, image): ``dx`` on the split's tokens and the split's
-    partial sums of the 9 weight taps' and the bias' gradients (rows of ``part[P, 10, D]``)."""
+                     WRITE_DX: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """Program (token split, channel tile, image): ``dx`` on the split's tokens (if ``WRITE_DX``)
+    and the split's partial sums of the 9 weight taps' and the bias' gradients (rows of
+    ``part[P, 10, D]``)."""
     pid_s, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_d = pid_d * BD + tl.arange(0, BD)
     mask_d = offs_d < D
@@ -121,10 +127,11 @@ def _dwconv_backward(x, dy, w9, dx, part, sxb, sxt, sdb, sdt, sgb, sgt, T, H, W,
     for t0 in range(start, end, BT):
         offs_t = t0 + tl.arange(0, BT)
         mask_t = offs_t < end
-        # dx: the conv of dy with the kernel rotated by 180 degrees.
-        acc = _conv_tile(dy, db, sdt, w9, offs_t, mask_t, offs_d, mask_d, H, W, True, BT, BD)
-        ptrs = dx + gb + offs_t[:, None] * sgt + offs_d[None, :]
-        tl.store(ptrs, acc.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
+        if WRITE_DX:
+            # dx: the conv of dy with the kernel rotated by 180 degrees.
+            acc = _conv_tile(dy, db, sdt, w9, offs_t, mask_t, offs_d, mask_d, H, W, True, BT, BD)
+            ptrs = dx + gb + offs_t[:, None] * sgt + offs_d[None, :]
+            tl.store(ptrs, acc.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
         # dW, db: dy at the tile times x at each tap's neighbour.
         row = offs_t // W
         col = offs_t % W
@@ -195,38 +202,48 @@ def _check_offsets(t):
                          f"stride {t.stride(1)} is too large for 32-bit offsets; use backend='torch'")
 
 
+def _conv(src, w9, bias, grid_h: int, grid_w: int, flip: bool, block_t=None, block_d=None, warps=None):
+    B, T, D = src.shape
+    bt, bd = block_t or CONFIG["block_t"], block_d or CONFIG["block_d"]
+    _check_offsets(src)
+    out = torch.empty(B, T, D, dtype=src.dtype, device=src.device)
+    grid = (triton.cdiv(T, bt), triton.cdiv(D, bd), B)
+    # Without a bias the pointer is never read (HAS_BIAS compiles it out); any tensor stands in.
+    _dwconv_forward[grid](src, w9, bias if bias is not None else out, out, src.stride(0), src.stride(1),
+                          out.stride(0), out.stride(1), T, grid_h, grid_w, D, HAS_BIAS=bias is not None,
+                          FLIP=flip, BT=bt, BD=bd, num_warps=warps or CONFIG["warps"])
+    return out
+
+
 def conv_fwd(x, w9, bias, grid_h: int, grid_w: int, block_t=None, block_d=None, warps=None):
     """``x: [B, T, D]`` (channel stride 1), ``w9: [D, 9]`` contiguous, ``bias: [D]`` or None ->
     ``y: [B, T, D]`` contiguous in x's dtype. The keyword arguments override ``CONFIG``."""
-    B, T, D = x.shape
-    bt, bd = block_t or CONFIG["block_t"], block_d or CONFIG["block_d"]
-    _check_offsets(x)
-    y = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(T, bt), triton.cdiv(D, bd), B)
-    # Without a bias the pointer is never read (HAS_BIAS compiles it out); any tensor stands in.
-    _dwconv_forward[grid](x, w9, bias if bias is not None else y, y, x.stride(0), x.stride(1), y.stride(0),
-                          y.stride(1), T, grid_h, grid_w, D, HAS_BIAS=bias is not None, BT=bt, BD=bd,
-                          num_warps=warps or CONFIG["warps"])
-    return y
+    return _conv(x, w9, bias, grid_h, grid_w, False, block_t, block_d, warps)
 
 
 def conv_bwd(dy, x, w9, grid_h: int, grid_w: int, block_t=None, block_d=None, warps=None, reduce_p=None,
-             target=None):
+             target=None, fused=None):
     """Gradients for output gradient ``dy: [B, T, D]``: ``(dx [B, T, D] in x's dtype, dw9 [D, 9] and
-    dbias [D] in w9's dtype)``. The keyword arguments override ``CONFIG``'s ``bwd_*`` entries."""
+    dbias [D] in w9's dtype)``. The keyword arguments override ``CONFIG``'s ``bwd_*`` entries;
+    ``fused=False`` computes ``dx`` with the forward kernel (rotated kernel) in a launch of its own
+    and leaves the backward kernel only the weight gradient (lighter, but ``dy`` is read twice)."""
     B, T, D = x.shape
     bt, bd = block_t or CONFIG["bwd_block_t"], block_d or CONFIG["bwd_block_d"]
+    fused = CONFIG["bwd_fused"] if fused is None else fused
     if dy.stride(-1) != 1 or dy.stride(1) * T >= 2**31:
         dy = dy.contiguous()
     _check_offsets(x)
     _check_offsets(dy)
     split, nsplit = plan_splits(B, T, D, bt, bd, target)
-    dx = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
+    if fused:
+        dx = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
+    else:
+        dx = _conv(dy, w9, None, grid_h, grid_w, True).to(x.dtype)
     part = torch.empty(B * nsplit, 10, D, dtype=torch.float32, device=x.device)
     warps = warps or CONFIG["bwd_warps"]
     _dwconv_backward[(nsplit, triton.cdiv(D, bd), B)](
         x, dy, w9, dx, part, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
-        T, grid_h, grid_w, D, split, nsplit, BT=bt, BD=bd, num_warps=warps)
+        T, grid_h, grid_w, D, split, nsplit, WRITE_DX=fused, BT=bt, BD=bd, num_warps=warps)
     dw9 = torch.empty(D, 9, dtype=w9.dtype, device=x.device)
     dbias = torch.empty(D, dtype=w9.dtype, device=x.device)
     _dwconv_weight_sum[(triton.cdiv(D, bd), 10)](part, dw9, dbias, B * nsplit, D,
