@@ -188,6 +188,20 @@ def test_compiles_in_one_graph():
 
 
 @needs_triton
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck: schema, fake (meta) impls against the real outputs, autograd
+    registration and AOT dispatch with dynamic shapes."""
+    torch.manual_seed(7)
+    x, weight, b, dy = make(2, (3, 4), 8)
+    w9 = weight.reshape(8, 9)
+    leaves = [t.clone().requires_grad_(True) for t in (x, w9, b)]
+    torch.library.opcheck(K.dwconv3x3_fwd, (*leaves, 3, 4))
+    torch.library.opcheck(K.dwconv3x3_fwd, (leaves[0], leaves[1], None, 3, 4),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(K.dwconv3x3_bwd, (dy, x, w9, 3, 4), test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_triton
 def test_autocast_computes_what_conv2d_computes():
     """Under autocast F.conv2d runs in the autocast dtype; the Triton backend must do the same."""
     torch.manual_seed(5)
