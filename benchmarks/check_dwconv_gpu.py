@@ -13,7 +13,8 @@
 
     python benchmarks/check_dwconv_gpu.py --out DIR     # writes DIR/dwconv_gpu_check.json
 
-Without a GPU it says so and exits 0. About a minute on an H200.
+Without a GPU it says so and exits 0. Expected to take 1-2 minutes on an H200 (mostly Triton
+compiles of the swept tiles; --no-sweep skips them); not yet run on a GPU.
 """
 from __future__ import annotations
 
