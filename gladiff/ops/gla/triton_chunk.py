@@ -40,9 +40,12 @@ import triton.language as tl
 # Launch configuration: tokens per chunk (a power of two: the intra-chunk decay is split along a
 # binary tree), warps and pipeline stages per program, and the operand precision of the products
 # for 16-bit inputs ("tf32": float32 operands, "bf16": operands rounded to bf16; float32 inputs
-# always use exact float32 products). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16"
-# overrides it (for tuning runs).
-CONFIG = dict(chunk=32, warps=4, stages=2, dot="tf32")
+# always use exact float32 products), and the implementation behind the custom ops ("sequential":
+# this module, one program walks a segment's chunks; "parallel": `triton_parallel`, fully parallel
+# over chunks with a separate state scan). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16,
+# impl=parallel" overrides it (for tuning runs).
+CONFIG = dict(chunk=32, warps=4, stages=2, dot="tf32", impl="sequential")
+IMPLS = ("sequential", "parallel")
 
 
 def _config_from_env():
@@ -50,8 +53,10 @@ def _config_from_env():
         key, _, value = item.partition("=")
         if key not in CONFIG:
             raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
-        CONFIG[key] = value if key == "dot" else int(value)
+        CONFIG[key] = value if key in ("dot", "impl") else int(value)
     _check_config(CONFIG["chunk"], CONFIG["dot"])
+    if CONFIG["impl"] not in IMPLS:
+        raise ValueError(f"GLADIFF_GLA_TRITON: impl must be one of {IMPLS}, got {CONFIG['impl']!r}")
 
 
 def _check_config(chunk, dot):
