@@ -14,6 +14,7 @@ pytest.importorskip("triton")
 from gladiff.ops import gla  # noqa: E402
 from gladiff.ops.gla import triton_chunk as K  # noqa: E402
 from gladiff.ops.gla import triton_parallel as P  # noqa: E402
+from gladiff.ops.gla.order import scan_order  # noqa: E402
 from gla_triton_helpers import ORDERS, assert_close_all, make_inputs, reference, rel  # noqa: E402
 
 if not K._INTERPRET:
@@ -49,17 +50,22 @@ def test_several_scan_blocks(scan, reverse):
     """19 chunks of 16 in scan blocks of 16: the carry between blocks, a partial last block, and the
     reversed scan of the state gradients (its partial block comes first in memory)."""
     grid = (15, 20)
-    q, k, v, g, do = make_inputs(1, 300, 1, 16, 16)
+    # Weak decay (about exp(-0.3) per chunk) so that a state outlives a scan block.
+    q, k, v, g, do = make_inputs(1, 300, 1, 16, 16, gate_scale=0.02)
     out = run_parallel(q, k, v, g, do, 0.25, scan, reverse, grid, chunk=16, scan_block=16)
     assert_close_all(out, reference(q, k, v, g, do, 0.25, scan, reverse, grid), 1e-5)
 
 
 def test_very_negative_gates_stay_finite_and_exact():
-    """Log-gates hundreds below zero, some channels at -1e4 at every step, across scan blocks."""
+    """Log-gates hundreds below zero, some channels at -1e4 at every step, across scan blocks; and
+    channels at -1e4 for the first chunk, then -1e-3 (long memory): a scan that subtracted large
+    cumulative log-decays would lose those small ones to float32 rounding."""
     grid = (16, 18)
     q, k, v, g, do = make_inputs(1, 288, 1, 16, 16, gate_scale=200.0)
     g[:, :, :, :4] = -1e4
-    g[:, 100:200, :, 4:8] = 0.0  # channels that forget everything, then keep everything
+    g_scan = torch.full((288,), -1e-3)
+    g_scan[:16] = -1e4
+    g[0, scan_order(288, "col", False, grid), 0, 4:8] = g_scan[:, None]
     out = run_parallel(q, k, v, g, do, 0.25, "col", False, grid, chunk=16, scan_block=16)
     # float32 cumulative sums of gates near -1e4 carry ~1e-3 absolute error into the exponents.
     assert_close_all(out, reference(q, k, v, g, do, 0.25, "col", False, grid), 3e-4)
