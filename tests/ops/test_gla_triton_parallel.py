@@ -12,6 +12,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 
 from gladiff.ops import gla  # noqa: E402
+from gladiff.ops.gla import triton_impl  # noqa: E402
 from gladiff.ops.gla import triton_chunk as K  # noqa: E402
 from gladiff.ops.gla import triton_parallel as P  # noqa: E402
 from gladiff.ops.gla.order import scan_order  # noqa: E402
@@ -116,3 +117,15 @@ def test_impl_is_validated(monkeypatch):
         K._config_from_env()
     with pytest.raises(ValueError, match="scan_block"):
         P.gla_fwd(*make_inputs(1, 16, 1, 8, 8)[:4], 0.5, False, False, 1, 16, scan_block=8)
+
+
+def test_triton_impl_switches_and_restores():
+    before = K.CONFIG["impl"]
+    with triton_impl("parallel"):
+        assert K.CONFIG["impl"] == "parallel"
+    assert K.CONFIG["impl"] == before
+    with triton_impl(None):
+        assert K.CONFIG["impl"] == before
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        with triton_impl("fastest"):
+            pass
