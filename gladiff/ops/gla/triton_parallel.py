@@ -193,17 +193,17 @@ def _output_kernel(
 
 
 @triton.jit
-def _intra_grads(q, k, b, P, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+def _intra_grads(q, k, b, P, dq, dk, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
                  PREC: tl.constexpr):
     """Intra-chunk part of one chunk's backward, sharing each tree level's decay factors.
     ``q`` is scaled, ``P[t, s] = do_t . v_s`` (causal). Returns the scores ``A`` (as forward) and
-    ``dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s)`` (before the scale),
-    ``dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s)``."""
+    ``dq + (dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s))`` (before the scale),
+    ``dk + (dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s))``."""
     eye = offs_t[:, None] == offs_t[None, :]
     A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
     p_diag = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None]
-    dq = p_diag * k
-    dk = p_diag * q
+    dq += p_diag * k
+    dk += p_diag * q
     for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
         q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
         qq = q * q_decay
@@ -237,28 +237,32 @@ def _grad_kernel(
     mk = offs_k < DK
     mv = offs_v < DV
     rows, mt = _chunk_tokens(c, T, grid_h, grid_w, COL, REVERSE, BT)
-    q_raw = _load_rows(Q + b_idx * sqb + h_idx * sqh, rows, sqt, offs_k, mt, mk)
+    q = _load_rows(Q + b_idx * sqb + h_idx * sqh, rows, sqt, offs_k, mt, mk) * scale
     k = _load_rows(K + b_idx * skb + h_idx * skh, rows, skt, offs_k, mt, mk)
     v = _load_rows(V + b_idx * svb + h_idx * svh, rows, svt, offs_v, mt, mv)
     g = _load_rows(G + b_idx * sgb + h_idx * sgh, rows, sgt, offs_k, mt, mk)
     do = _load_rows(DO + b_idx * sdb + h_idx * sdh, rows, sdt, offs_v, mt, mv)
-    q = q_raw * scale
     b = tl.cumsum(g, axis=0)
     b_last = _last_row(b, offs_t, BT)
+    # The state terms first, so that each state tile is dead before the intra-chunk tiles are live.
     S_start = _load_state(ST, 0, bh, c - 1, BH, NC, c > 0, offs_k, offs_v, BK, BV)
-    S_end = _load_state(ST, 0, bh, c, BH, NC, c >= 0, offs_k, offs_v, BK, BV)
+    dq = tl.exp(b) * _mm(do, tl.trans(S_start), SPREC)
     dS = _load_state(ST, 1, bh, c + 1, BH, NC, c + 1 < NC, offs_k, offs_v, BK, BV)
+    decay_k = tl.exp(b_last[None, :] - b)
+    dk = decay_k * _mm(v, tl.trans(dS), SPREC)
+    dv = _mm(k * decay_k, dS, SPREC)
+    # Later chunks contribute sum over their tokens of (q dq - k dk) = <S_end, dS_end> per key channel.
+    S_end = _load_state(ST, 0, bh, c, BH, NC, c >= 0, offs_k, offs_v, BK, BV)
+    tail = tl.sum(S_end * dS, axis=1)
 
     P = tl.where(offs_t[:, None] >= offs_t[None, :], _mm(do, tl.trans(v), PREC), 0.0)
-    A, dq, dk = _intra_grads(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC)
-    dq = (dq + tl.exp(b) * _mm(do, tl.trans(S_start), SPREC)) * scale
-    decay_k = tl.exp(b_last[None, :] - b)
-    dk += decay_k * _mm(v, tl.trans(dS), SPREC)
-    dv = _mm(tl.trans(A), do, PREC) + _mm(k * decay_k, dS, SPREC)
+    A, dq, dk = _intra_grads(q, k, b, P, dq, dk, offs_t, BT, BK, LOG2_BT, PREC)
+    dv += _mm(tl.trans(A), do, PREC)
     # dg in float32 from float32 dq, dk: q dq - k dk cancels, 16-bit parts would cost its precision.
-    # Later chunks contribute sum over their tokens of (q dq - k dk) = <S_end, dS_end> per key channel.
-    x = q_raw * dq - k * dk
-    dg = tl.cumsum(x, axis=0, reverse=True) + tl.sum(S_end * dS, axis=1)[None, :]
+    # (q_raw * (scale dq) = (scale q_raw) * dq: the scaled q and the unscaled dq.)
+    x = q * dq - k * dk
+    dq = dq * scale
+    dg = tl.cumsum(x, axis=0, reverse=True) + tail[None, :]
 
     gk_off = b_idx.to(tl.int64) * T * H * DK + h_idx * DK
     gv_off = b_idx.to(tl.int64) * T * H * DV + h_idx * DV
