@@ -170,6 +170,34 @@ def _intra_scores(q, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: 
     return A
 
 
+@triton.jit
+def _intra_dq(P, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr, PREC: tl.constexpr):
+    """Intra-chunk ``dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s)`` for ``P[t, s] = do_t . v_s``
+    (causal; unscaled): the diagonal, then each tree level as a matmul."""
+    eye = offs_t[:, None] == offs_t[None, :]
+    dq = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None] * k
+    for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+        q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+        dq += q_decay * _mm(tl.where(same, P, 0.0), k * k_decay, PREC)
+    return dq
+
+
+@triton.jit
+def _intra_scores_dk(q, k, b, P, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+                     PREC: tl.constexpr):
+    """The scores ``A`` of ``_intra_scores`` (``q`` scaled) and the intra-chunk
+    ``dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s)``, sharing each tree level's decay factors."""
+    eye = offs_t[:, None] == offs_t[None, :]
+    A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
+    dk = tl.sum(tl.where(eye, P, 0.0), axis=0)[:, None] * q
+    for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+        q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+        qq = q * q_decay
+        A += tl.where(same, _mm(qq, tl.trans(k * k_decay), PREC), 0.0)
+        dk += k_decay * _mm(tl.trans(tl.where(same, P, 0.0)), qq, PREC)
+    return A, dk
+
+
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _segment_state_kernel(
     K, V, G, U, GS,
@@ -344,7 +372,6 @@ def _bwd_kernel(
     sdv = H * DV
     state_offs = offs_k[:, None] * BV + offs_v[None, :]
     causal = offs_t[:, None] >= offs_t[None, :]
-    eye = offs_t[:, None] == offs_t[None, :]
     t0 = j * SEG
 
     # Phase A: forwards through the segment, rebuilding the state; dq needs only the past.
@@ -363,11 +390,7 @@ def _bwd_kernel(
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
         P = tl.where(causal, _mm(do, tl.trans(v), PREC), 0.0)  # do_t . v_s
-        # dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s): diagonal, then each tree level.
-        dq = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None] * k
-        for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
-            q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
-            dq += q_decay * _mm(tl.where(same, P, 0.0), k * k_decay, PREC)
+        dq = _intra_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC)
         dq += tl.exp(b) * _mm(do, tl.trans(S), SPREC)
         dq = dq * scale
         _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq)
@@ -404,16 +427,7 @@ def _bwd_kernel(
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
         P = tl.where(causal, _mm(do, tl.trans(v), PREC), 0.0)
-        # Scaled scores A (as in forward) and dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s),
-        # sharing each tree level's decay factors.
-        A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
-        dk = tl.sum(tl.where(eye, P, 0.0), axis=0)[:, None] * q
-        for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
-            q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
-            qq = q * q_decay
-            kk = k * k_decay
-            A += tl.where(same, _mm(qq, tl.trans(kk), PREC), 0.0)
-            dk += k_decay * _mm(tl.trans(tl.where(same, P, 0.0)), qq, PREC)
+        A, dk = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC)
         decay_k = tl.exp(b_last[None, :] - b)
         dk += decay_k * _mm(v, tl.trans(dS), SPREC)
         dv = _mm(tl.trans(A), do, PREC)

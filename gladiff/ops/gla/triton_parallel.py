@@ -44,8 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import (_RUNTIME_INTS, _level, _load_rows, _intra_scores, _mm, _raster, _settings,
-                           _store_rows, _strides)
+from .triton_chunk import (_RUNTIME_INTS, _intra_dq, _intra_scores, _intra_scores_dk, _load_rows, _mm,
+                           _raster, _settings, _store_rows, _strides)
 
 # Chunks per step of the state scan (a power of two >= 16: it is a matmul dimension).
 SCAN_BLOCK = 32
@@ -192,29 +192,6 @@ def _output_kernel(
     _store_rows(O + b_idx * sob + h_idx * soh, rows, sot, offs_v, mt, mv, o)
 
 
-@triton.jit
-def _intra_grads(q, k, b, P, dq, dk, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
-                 PREC: tl.constexpr):
-    """Intra-chunk part of one chunk's backward, sharing each tree level's decay factors.
-    ``q`` is scaled, ``P[t, s] = do_t . v_s`` (causal). Returns the scores ``A`` (as forward) and
-    ``dq + (dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s))`` (before the scale),
-    ``dk + (dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s))``."""
-    eye = offs_t[:, None] == offs_t[None, :]
-    A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
-    p_diag = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None]
-    dq += p_diag * k
-    dk += p_diag * q
-    for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
-        q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
-        qq = q * q_decay
-        kk = k * k_decay
-        P_lvl = tl.where(same, P, 0.0)
-        A += tl.where(same, _mm(qq, tl.trans(kk), PREC), 0.0)
-        dq += q_decay * _mm(P_lvl, kk, PREC)
-        dk += k_decay * _mm(tl.trans(P_lvl), qq, PREC)
-    return A, dq, dk
-
-
 @triton.jit(do_not_specialize=_INTS)
 def _grad_kernel(
     Q, K, V, G, DO, DQ, DK_, DV_, DG, ST,
@@ -239,37 +216,37 @@ def _grad_kernel(
     rows, mt = _chunk_tokens(c, T, grid_h, grid_w, COL, REVERSE, BT)
     q = _load_rows(Q + b_idx * sqb + h_idx * sqh, rows, sqt, offs_k, mt, mk) * scale
     k = _load_rows(K + b_idx * skb + h_idx * skh, rows, skt, offs_k, mt, mk)
-    v = _load_rows(V + b_idx * svb + h_idx * svh, rows, svt, offs_v, mt, mv)
     g = _load_rows(G + b_idx * sgb + h_idx * sgh, rows, sgt, offs_k, mt, mk)
-    do = _load_rows(DO + b_idx * sdb + h_idx * sdh, rows, sdt, offs_v, mt, mv)
     b = tl.cumsum(g, axis=0)
     b_last = _last_row(b, offs_t, BT)
+    gk_off = b_idx.to(tl.int64) * T * H * DK + h_idx * DK
+    gv_off = b_idx.to(tl.int64) * T * H * DV + h_idx * DV
+    v = _load_rows(V + b_idx * svb + h_idx * svh, rows, svt, offs_v, mt, mv)
+    do = _load_rows(DO + b_idx * sdb + h_idx * sdh, rows, sdt, offs_v, mt, mv)
     # The state terms first, so that each state tile is dead before the intra-chunk tiles are live.
-    S_start = _load_state(ST, 0, bh, c - 1, BH, NC, c > 0, offs_k, offs_v, BK, BV)
-    dq = tl.exp(b) * _mm(do, tl.trans(S_start), SPREC)
-    dS = _load_state(ST, 1, bh, c + 1, BH, NC, c + 1 < NC, offs_k, offs_v, BK, BV)
+    S = _load_state(ST, 0, bh, c - 1, BH, NC, c > 0, offs_k, offs_v, BK, BV)  # start state
+    dq = tl.exp(b) * _mm(do, tl.trans(S), SPREC)
+    dS = _load_state(ST, 1, bh, c + 1, BH, NC, c + 1 < NC, offs_k, offs_v, BK, BV)  # on the end state
     decay_k = tl.exp(b_last[None, :] - b)
     dk = decay_k * _mm(v, tl.trans(dS), SPREC)
     dv = _mm(k * decay_k, dS, SPREC)
     # Later chunks contribute sum over their tokens of (q dq - k dk) = <S_end, dS_end> per key channel.
-    S_end = _load_state(ST, 0, bh, c, BH, NC, c >= 0, offs_k, offs_v, BK, BV)
-    tail = tl.sum(S_end * dS, axis=1)
-
+    S = _load_state(ST, 0, bh, c, BH, NC, c >= 0, offs_k, offs_v, BK, BV)  # end state
+    tail = tl.sum(S * dS, axis=1)
     P = tl.where(offs_t[:, None] >= offs_t[None, :], _mm(do, tl.trans(v), PREC), 0.0)
-    A, dq, dk = _intra_grads(q, k, b, P, dq, dk, offs_t, BT, BK, LOG2_BT, PREC)
-    dv += _mm(tl.trans(A), do, PREC)
+    # Two passes over the tree levels (dq; then scores and dk), as the sequential kernel does.
+    dq += _intra_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC)
     # dg in float32 from float32 dq, dk: q dq - k dk cancels, 16-bit parts would cost its precision.
     # (q_raw * (scale dq) = (scale q_raw) * dq: the scaled q and the unscaled dq.)
-    x = q * dq - k * dk
-    dq = dq * scale
-    dg = tl.cumsum(x, axis=0, reverse=True) + tail[None, :]
-
-    gk_off = b_idx.to(tl.int64) * T * H * DK + h_idx * DK
-    gv_off = b_idx.to(tl.int64) * T * H * DV + h_idx * DV
-    _store_rows(DQ + gk_off, rows, H * DK, offs_k, mt, mk, dq)
+    x = q * dq
+    _store_rows(DQ + gk_off, rows, H * DK, offs_k, mt, mk, dq * scale)
+    A, dk_intra = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC)
+    dk += dk_intra
     _store_rows(DK_ + gk_off, rows, H * DK, offs_k, mt, mk, dk)
-    _store_rows(DG + gk_off, rows, H * DK, offs_k, mt, mk, dg)
+    dv += _mm(tl.trans(A), do, PREC)
     _store_rows(DV_ + gv_off, rows, H * DV, offs_v, mt, mv, dv)
+    dg = tl.cumsum(x - k * dk, axis=0, reverse=True) + tail[None, :]
+    _store_rows(DG + gk_off, rows, H * DK, offs_k, mt, mk, dg)
 
 
 def _chunk_states(q, k, v, g, do, scale, flags, grid_h, grid_w, meta, launch, scan_block):
