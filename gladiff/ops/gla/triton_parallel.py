@@ -11,16 +11,17 @@ Design (why it looks the way it does):
 
 * **Three phases, two of them fully parallel.** (a) one program per (chunk, batch*head) reduces its
   chunk to ``U_c`` and ``b_L`` (in backward also ``dU_c = scale * (q exp(b))^T do``, the chunk's
-  gradient on its start state); (b) a scan turns those into chunk-end states (and, reversed, the
-  gradients on chunk-end states); (c) one program per (chunk, batch*head) does all the heavy
+  gradient on its start state); (b) a scan turns those into chunk-end states (and, reversed, into
+  the gradients on chunk-start states); (c) one program per (chunk, batch*head) does all the heavy
   intra-chunk work (outputs, or ``dq, dk, dv, dg``) from the states it needs. The sequential
   kernels' register pressure (state + intra-chunk tiles live together in one long-running program)
   is gone: each program holds either the intra-chunk tiles or a slice of the scan.
 * **The scan, parallel over state rows and blocked over chunks.** ``y_c = a_c * y_{c-1} + x_c`` is
   elementwise in the ``dk x dv`` state with a per-row decay ``a_c = exp(b_L,c)``, so one program owns
   one key row (``dv`` values) of one (batch, head) and direction: ``dk`` (padded) x ``B*H`` x 1 or 2
-  programs. It walks the chunks in blocks of ``SCAN_BLOCK``: a block's rows are loaded at once (their
-  latencies overlap) and combined by one ``[NB, NB] x [NB, dv]`` product with the decay matrix
+  programs. It walks the chunks in blocks of ``SCAN_BLOCK`` (32; 16 when there are at most 16
+  chunks): a block's rows are loaded at once (their latencies overlap) and combined by one
+  ``[NB, NB] x [NB, dv]`` product with the decay matrix
   ``M[i, j] = exp(sum_{j < m <= i} b_L,m)`` (the exponent is a masked matmul of same-sign terms, so no
   large cumulative sums are subtracted), plus the carry from the block before. At T=16384 that is
   16 dependent steps instead of 512. For short sequences it is one step, and the phases stay separate
@@ -34,6 +35,11 @@ Design (why it looks the way it does):
   log-gates; masks are applied before the exponential. Scan orders by index arithmetic (``_raster``).
 * **Gate gradient** per chunk: ``dg = reverse-cumsum(q*dq - k*dk) + sum_v S_end * dS_end``, the
   second term being the contribution of all later chunks; formed in float32 from float32 ``dq``.
+* **Registers.** The gradient kernel computes the state terms first, then ``dq`` and then the scores
+  and ``dk`` in two passes over the tree levels (the helpers the sequential backward uses), which
+  ptxas (sm_90, 4 warps) rates at 255 registers with ~200 B of spills, against 528 B for the
+  sequential backward; the output and chunk-state kernels use 80-153 registers, the scan 255
+  (it runs few programs), none of them spilling (``benchmarks/gla_triton_registers.py``).
 
 Launches: forward 3 (chunk states, scan, outputs); backward 3 (chunk states and state gradients,
 both scans in one launch, chunk gradients).
@@ -262,7 +268,9 @@ def _chunk_states(q, k, v, g, do, scale, flags, grid_h, grid_w, meta, launch, sc
     _chunk_state_kernel[(nc, bh)](
         q, k, v, g, do_, st, gl, *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do_),
         T, H, grid_h, grid_w, *flags, nc, bh, float(scale), WITH_GRAD=do is not None, **meta, **launch)
-    _state_scan_kernel[(BK, bh, dirs)](st, gl, nc, bh, BK=BK, BV=BV, NB=scan_block or SCAN_BLOCK, **launch)
+    # Short sequences: a block no longer than the chunk count (16 at least: a matmul dimension).
+    nb = scan_block or max(16, min(SCAN_BLOCK, triton.next_power_of_2(nc)))
+    _state_scan_kernel[(BK, bh, dirs)](st, gl, nc, bh, BK=BK, BV=BV, NB=nb, **launch)
     return st
 
 
