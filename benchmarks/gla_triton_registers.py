@@ -4,7 +4,7 @@ with Triton, whose ``-v`` report gives registers per thread and spill bytes. Reg
 programs share a multiprocessor (65536 registers each on H100/H200), so this is a quick check of a
 kernel change before GPU time is spent on it.
 
-    python benchmarks/gla_triton_registers.py [--arch 90] [--dtype bf16] [--chunks 32] [--warps 4 8] \\
+    python benchmarks/gla_triton_registers.py [--arch 90] [--dtype bf16] [--dot tf32] [--chunks 32] [--warps 4 8] \\
         [--out benchmarks/results/gla_triton_registers.json]
 
 Caveat: integer arguments are compiled as plain 32-bit values, without the divisibility hints a real
@@ -27,14 +27,17 @@ POINTERS_16 = ["Q", "K", "V", "DO", "O", "DQ", "DK_", "DV_"]  # in the inputs' d
 POINTERS_32 = ["G", "ST", "GL", "DG", "U", "GS", "S0", "DU"]  # float32 gates, states, dg
 
 
-def _kernels(chunk: int, full: bool):
+def _kernels(chunk: int, full: bool, dot: str):
     """(name, jit function, compile-time constants) of every kernel, as ``gla_fwd``/``gla_bwd`` launch them."""
+    import torch
+
     from gladiff.ops.gla import triton_chunk as K
     from gladiff.ops.gla import triton_parallel as P
 
-    prec = "ieee" if full else K.CONFIG["dot"]
-    meta = dict(DK=32, DV=64, BK=32, BV=64, BT=chunk, PREC=prec)
-    main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32")
+    # The constants gla_fwd/gla_bwd would pass (their _settings, on stand-in tensors of the dtype).
+    dtype = torch.float32 if full else torch.bfloat16
+    _, meta, _, main = K._settings(torch.empty(1, 1, 1, 32, dtype=dtype), torch.empty(1, 1, 1, 64, dtype=dtype),
+                                   chunk, None, None, dot)
     return [
         ("sequential fwd", K._fwd_kernel, dict(meta, **main, MULTI_SEG=False)),
         ("sequential fwd (segments)", K._fwd_kernel, dict(meta, **main, MULTI_SEG=True)),
@@ -85,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100/H200)")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="q/k/v dtype")
     parser.add_argument("--chunks", nargs="+", type=int, default=[32])
+    parser.add_argument("--dot", default="tf32", help="operand precision for 16-bit inputs (CONFIG's dot)")
     parser.add_argument("--warps", nargs="+", type=int, default=[4, 8])
     parser.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = parser.parse_args(argv)
@@ -98,7 +102,7 @@ def main(argv=None):
     rows = []
     for chunk in args.chunks:
         for warps in args.warps:
-            for name, fn, constants in _kernels(chunk, args.dtype == "fp32"):
+            for name, fn, constants in _kernels(chunk, args.dtype == "fp32", args.dot):
                 src = ASTSource(fn=fn, signature=_signature(fn, constants, args.dtype), constexprs=constants)
                 try:
                     compiled = triton_compile(src, target=GPUTarget("cuda", args.arch, 32),
@@ -106,7 +110,8 @@ def main(argv=None):
                     report = ptxas_report(compiled.asm["ptx"], args.arch)
                 except Exception as err:  # reported per kernel: one that fails to compile is a finding
                     report = dict(error=f"{type(err).__name__}: {str(err)[:300]}")
-                rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, arch=args.arch, **report))
+                rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=args.dot, arch=args.arch,
+                                 **report))
                 regs = report.get("registers")
                 progs = 65536 // (regs * 32 * warps) if regs else None
                 print(f"chunk {chunk:2d} warps {warps}  {name:30} " + (
