@@ -40,10 +40,10 @@ import triton.language as tl
 # Launch configuration: tokens per chunk (a power of two: the intra-chunk decay is split along a
 # binary tree), warps and pipeline stages per program, and the operand precision of the products
 # for 16-bit inputs ("tf32": float32 operands, "bf16": operands rounded to bf16, "bf16-scores": bf16
-# for the score products only, see `_settings`; float32 inputs always use exact float32 products), and the implementation behind the custom ops ("sequential":
-# this module, one program walks a segment's chunks; "parallel": `triton_parallel`, fully parallel
-# over chunks with a separate state scan). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16,
-# impl=parallel" overrides it (for tuning runs).
+# for the score products only, see `_settings`; float32 inputs always use exact float32 products),
+# and the implementation behind the custom ops ("sequential": this module, one program walks a
+# segment's chunks; "parallel": `triton_parallel`, fully parallel over chunks with a separate state
+# scan). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16,impl=parallel" overrides it.
 CONFIG = dict(chunk=32, warps=4, stages=2, dot="tf32", impl="sequential")
 IMPLS = ("sequential", "parallel")
 
