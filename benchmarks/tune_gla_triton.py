@@ -83,7 +83,7 @@ def main(argv=None):
             rows.append(dict(B=B, H=H, T=T, impl=impl, chunk=chunk, warps=warps, dot=dot, segment=seg_len,
                              nseg=nseg, auto=not seg, fwd_ms=fwd_ms, bwd_ms=bwd_ms, total_ms=fwd_ms + bwd_ms,
                              rel_diff_vs_default=diff))
-            print(f"{str((B, H, T)):15} {impl:10} chunk {chunk:3d} w{warps} {dot:4} seg {seg_len:5d}x{nseg:<4d}: "
+            print(f"{str((B, H, T)):15} {impl:10} chunk {chunk:3d} w{warps} {dot:11} seg {seg_len:5d}x{nseg:<4d}: "
                   f"fwd {fwd_ms:.3f} bwd {bwd_ms:.3f} total {fwd_ms + bwd_ms:.3f} ms  diff {diff:.1e}", flush=True)
     # Best configuration overall: geometric mean over shapes of time / best time for that shape.
     best_per_shape = {}
