@@ -145,3 +145,17 @@ def test_bf16_score_operands_keep_dg_precise(impl):
     for name, a, r in zip(["o", "dq", "dk", "dv"], [o, *grads[:3]], ref[:4]):
         assert rel(a, r) < 1e-2, name
     assert rel(grads[3], ref[4]) < 1e-3
+
+
+@pytest.mark.parametrize("impl", ["sequential", "parallel"])
+def test_fake_impls_match_the_kernels(impl):
+    """torch.library.opcheck: the ops' schemas hold and their fake impls give the shapes and dtypes
+    each implementation really returns (saved tensors included), forward and backward."""
+    from gladiff.ops.gla import triton_op  # noqa: F401  (registers the ops)
+
+    q, k, v, g, do = make_inputs(1, 40, 1, 8, 8)
+    args = (0.3, True, False, 5, 8, impl)
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.gladiff.gla_fwd.default, (q, k, v, g, *args), test_utils=checks)
+    _, s1, s2 = torch.ops.gladiff.gla_fwd(q, k, v, g, *args)
+    torch.library.opcheck(torch.ops.gladiff.gla_bwd.default, (q, k, v, g, do, s1, s2, *args), test_utils=checks)
