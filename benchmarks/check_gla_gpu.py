@@ -8,6 +8,10 @@ not powers of two. Outputs are poisoned with NaN before each run (the allocator 
 poisoned memory), so an unwritten element shows as NaN and fails.
 
     python benchmarks/check_gla_gpu.py [--backends chunk fla triton] [--out benchmarks/results/...]
+    python benchmarks/check_gla_gpu.py --backends triton --impls sequential parallel
+
+``--impls`` checks each named implementation of the Triton kernels (``triton_chunk.CONFIG["impl"]``)
+in the same process; its rows are labelled ``triton-<impl>``.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gladiff.bench.common import environment, write_json  # noqa: E402
-from gladiff.ops.gla import available_backends, gla  # noqa: E402
+from gladiff.ops.gla import available_backends, gla, triton_impl  # noqa: E402
 
 ORDERS = [("row", False), ("row", True), ("col", False), ("col", True)]
 # (name, B, H, grid (h, w), dk, dv, gate scale)
@@ -32,6 +36,9 @@ CASES = [
     ("T 1024, many segments", 1, 2, (32, 32), 32, 64, 1.0),
     ("head sizes 20/40", 2, 2, (10, 10), 20, 40, 1.0),
     ("very negative gates (x30)", 2, 2, (8, 16), 32, 64, 30.0),
+    # 128 chunks of 32: four blocks of the parallel kernels' state scan; weak decay (about exp(-0.3)
+    # per chunk) so that states and their gradients cross the blocks.
+    ("T 4096 weak gates, scan blocks", 1, 2, (64, 64), 32, 64, 0.01),
 ]
 TOL = {"float32": 1e-3, "bfloat16": 1e-2}
 
@@ -55,10 +62,14 @@ def poison(n_bytes: int = 512 * 2**20):
 
 
 def run(backend, q, k, v, g, do, scan, reverse, grid):
+    """``[o, dq, dk, dv, dg]`` of ``backend`` (``"triton-<impl>"``: the Triton backend with that
+    implementation of the kernels)."""
+    backend, _, impl = backend.partition("-")
     xs = [x.detach().clone().requires_grad_(True) for x in (q, k, v, g)]
     poison()
-    o = gla(*xs, scan=scan, reverse=reverse, grid=grid, backend=backend)
-    grads = torch.autograd.grad(o, xs, do)
+    with triton_impl(impl or None):
+        o = gla(*xs, scan=scan, reverse=reverse, grid=grid, backend=backend)
+        grads = torch.autograd.grad(o, xs, do)
     return [o.detach()] + list(grads)
 
 
@@ -74,12 +85,17 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--cases", nargs="+", default=None,
                         help="only cases whose name contains one of these texts (default: all)")
+    parser.add_argument("--impls", nargs="+", default=None, choices=["sequential", "parallel"],
+                        help="check the triton backend with each of these kernel implementations "
+                             "(default: the configured one, GLADIFF_GLA_TRITON impl=...)")
     args = parser.parse_args(argv)
     cases = [c for c in CASES if args.cases is None or any(s in c[0] for s in args.cases)]
     if not torch.cuda.is_available():
         print("check_gla_gpu: no CUDA GPU on this machine; nothing checked.")
         return 0
     backends = args.backends or [b for b in available_backends("cuda") if b != "recurrent"]
+    if args.impls:
+        backends = [v for b in backends for v in ([f"triton-{i}" for i in args.impls] if b == "triton" else [b])]
     torch.manual_seed(0)
     rows = []
     names = ["o", "dq", "dk", "dv", "dg"]
@@ -110,7 +126,7 @@ def main(argv=None):
         write_json(args.out, dict(environment(), tolerances=TOL, reference="recurrent, float64",
                                   metric="||out - ref|| / ||ref||", partial=True, rows=rows))
     # Table: worst error per backend, dtype, case over the four scan orders.
-    print(f"\n{'backend':8} {'dtype':9} {'case':28} " + " ".join(f"{n:>8}" for n in names) + "  ok")
+    print(f"\n{'backend':17} {'dtype':9} {'case':28} " + " ".join(f"{n:>8}" for n in names) + "  ok")
     for backend in backends:
         for dname in args.dtypes:
             for name, *_ in cases:
@@ -119,7 +135,7 @@ def main(argv=None):
                     continue
                 worst = {n: max(r["rel_err"][n] for r in sel) for n in names}
                 ok = all(r["ok"] for r in sel)
-                print(f"{backend:8} {dname:9} {name:28} " + " ".join(f"{worst[n]:8.1e}" for n in names)
+                print(f"{backend:17} {dname:9} {name:28} " + " ".join(f"{worst[n]:8.1e}" for n in names)
                       + f"  {'yes' if ok else 'NO'}")
     summary = {b: all(r["ok"] for r in rows if r["backend"] == b) for b in backends}
     print("\nall cases within tolerance:", summary)

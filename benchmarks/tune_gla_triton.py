@@ -1,10 +1,13 @@
-"""Time our Triton GLA kernels (forward + backward) over launch configurations (chunk size, warps,
-bf16 or tf32 operands, segment length) at DiG's shapes; kernel time from CUDA-graph replays (no launch
-overhead). Each configuration's outputs are compared with the default configuration's, so a fast but
-wrong variant shows. Prints the configuration with the best geometric-mean time over the shapes, as a
-GLADIFF_GLA_TRITON string (also written to --best).
+"""Time our Triton GLA kernels (forward + backward) over implementations (sequential
+``triton_chunk``, chunk-parallel ``triton_parallel``) and launch configurations (chunk size, warps,
+bf16 or tf32 operands, segment length for the sequential kernels) at DiG's shapes; kernel time from
+CUDA-graph replays (no launch overhead). Each configuration's outputs are compared with the default
+sequential configuration's, so a fast but wrong variant shows. Prints the configuration with the best
+geometric-mean time over the shapes, as a GLADIFF_GLA_TRITON string (also written to --best).
 
     python benchmarks/tune_gla_triton.py [--out benchmarks/results/gla_triton_tune.json] [--best FILE]
+    python benchmarks/tune_gla_triton.py --impls sequential parallel --configs 32:tf32 \
+        --shapes 32,6,256 32,18,256 1,6,16384 4,6,16384
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gladiff.bench.common import capture_graph, environment, gpu_time_ms, write_json  # noqa: E402
 from gladiff.ops.gla import triton_chunk as K  # noqa: E402
+from gladiff.ops.gla import triton_parallel as P  # noqa: E402
 
 # DiG-S/2 at 256 (batch 32) and 2048 (batch 1, 4); DiG-XL/2 at 256 (batch 32) and 1024 (batch 2).
 SHAPES = [(32, 6, 256), (1, 6, 16384), (4, 6, 16384), (32, 18, 256), (2, 18, 4096)]
@@ -32,15 +37,21 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="+", default=["32:tf32", "64:tf32", "16:bf16", "32:bf16"],
                         help="chunk:operand-precision pairs")
     parser.add_argument("--warps", nargs="+", type=int, default=[4])
-    parser.add_argument("--segments", nargs="+", type=int, default=[0], help="0 = automatic")
+    parser.add_argument("--segments", nargs="+", type=int, default=[0],
+                        help="0 = automatic (sequential kernels only)")
+    parser.add_argument("--impls", nargs="+", default=["sequential", "parallel"], choices=list(K.IMPLS))
+    parser.add_argument("--shapes", nargs="+", default=None, help="B,H,T triples (default: DiG's shapes)")
     args = parser.parse_args(argv)
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     if not torch.cuda.is_available():
         print("tune_gla_triton: no CUDA GPU; nothing timed.")
         return 0
     rows = []
     pairs = [(int(c.split(":")[0]), c.split(":")[1]) for c in args.configs]
-    configs = [(chunk, warps, dot, seg) for (chunk, dot), warps, seg in itertools.product(pairs, args.warps, args.segments)]
-    for B, H, T in SHAPES:
+    configs = [(impl, chunk, warps, dot, seg)
+               for impl, (chunk, dot), warps, seg in itertools.product(args.impls, pairs, args.warps, args.segments)
+               if impl == "sequential" or seg == 0]
+    for B, H, T in shapes:
         q = torch.randn(B, T, H, 32, device="cuda", dtype=torch.bfloat16)
         k = torch.randn_like(q)
         v = torch.randn(B, T, H, 64, device="cuda", dtype=torch.bfloat16)
@@ -50,24 +61,29 @@ def main(argv=None):
         args_ = (q, k, v, g)
         o_ref, s0, gs = K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side)
         ref = [o_ref, *K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side)]
-        for chunk, warps, dot, seg in configs:
-            kw = dict(segment=seg or None, chunk=chunk, num_warps=warps, dot=dot)
+        for impl, chunk, warps, dot, seg in configs:
+            M = P if impl == "parallel" else K
+            kw = dict(chunk=chunk, num_warps=warps, dot=dot)
+            if impl == "sequential":
+                kw["segment"] = seg or None
             try:
-                o, s0, gs = K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side, **kw)
-                out = [o, *K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, **kw)]
+                o, s0, gs = M.gla_fwd(*args_, 32 ** -0.5, True, True, side, side, **kw)
+                out = [o, *M.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, **kw)]
                 diff = max(((a.float() - r.float()).norm() / r.float().norm()).item() for a, r in zip(out, ref))
-                fwd = capture_graph(lambda: K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side, **kw))
-                bwd = capture_graph(lambda: K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, **kw))
+                fwd = capture_graph(lambda: M.gla_fwd(*args_, 32 ** -0.5, True, True, side, side, **kw))
+                bwd = capture_graph(lambda: M.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, **kw))
                 fwd_ms = gpu_time_ms(fwd.replay, warmup=3, reps=20)
                 bwd_ms = gpu_time_ms(bwd.replay, warmup=3, reps=20)
             except Exception as err:
-                print(f"{(B, H, T)} {kw}: {type(err).__name__}: {str(err)[:200]}", flush=True)
+                print(f"{(B, H, T)} {impl} {kw}: {type(err).__name__}: {str(err)[:200]}", flush=True)
                 continue
-            seg_len, nseg = K.plan_segments(B * H, T, kw["segment"], chunk)
-            rows.append(dict(B=B, H=H, T=T, chunk=chunk, warps=warps, dot=dot, segment=seg_len, nseg=nseg,
-                             auto=not seg, fwd_ms=fwd_ms, bwd_ms=bwd_ms, total_ms=fwd_ms + bwd_ms,
+            # The parallel kernels have no segments: one "segment" per chunk, reported as such.
+            seg_len, nseg = K.plan_segments(B * H, T, kw["segment"], chunk) if impl == "sequential" else \
+                (chunk, triton.cdiv(T, chunk))
+            rows.append(dict(B=B, H=H, T=T, impl=impl, chunk=chunk, warps=warps, dot=dot, segment=seg_len,
+                             nseg=nseg, auto=not seg, fwd_ms=fwd_ms, bwd_ms=bwd_ms, total_ms=fwd_ms + bwd_ms,
                              rel_diff_vs_default=diff))
-            print(f"{str((B, H, T)):15} chunk {chunk:3d} w{warps} {dot:4} seg {seg_len:5d}x{nseg:<4d}: "
+            print(f"{str((B, H, T)):15} {impl:10} chunk {chunk:3d} w{warps} {dot:11} seg {seg_len:5d}x{nseg:<4d}: "
                   f"fwd {fwd_ms:.3f} bwd {bwd_ms:.3f} total {fwd_ms + bwd_ms:.3f} ms  diff {diff:.1e}", flush=True)
     # Best configuration overall: geometric mean over shapes of time / best time for that shape.
     best_per_shape = {}
@@ -75,23 +91,25 @@ def main(argv=None):
         key = (r["B"], r["H"], r["T"])
         best_per_shape[key] = min(best_per_shape.get(key, math.inf), r["total_ms"])
     scores = {}
-    for chunk, warps, dot, seg in configs:
-        sel = [r for r in rows if (r["chunk"], r["warps"], r["dot"]) == (chunk, warps, dot) and r["auto"] == (not seg)
-               and r["rel_diff_vs_default"] < 2e-2]
+    for impl, chunk, warps, dot, seg in configs:
+        sel = [r for r in rows if (r["impl"], r["chunk"], r["warps"], r["dot"]) == (impl, chunk, warps, dot)
+               and r["auto"] == (not seg) and r["rel_diff_vs_default"] < 2e-2]
         if len(sel) == len(best_per_shape):
-            scores[(chunk, warps, dot, seg)] = math.exp(sum(math.log(r["total_ms"] / best_per_shape[(r["B"], r["H"], r["T"])])
+            scores[(impl, chunk, warps, dot, seg)] = math.exp(sum(math.log(r["total_ms"] / best_per_shape[(r["B"], r["H"], r["T"])])
                                                             for r in sel) / len(sel))
     print("\nper shape, best total (fwd+bwd) kernel time:")
     for key, ms in best_per_shape.items():
-        print(f"  {key}: {ms:.3f} ms")
+        per_impl = {impl: min((r["total_ms"] for r in rows if (r["B"], r["H"], r["T"]) == key and r["impl"] == impl),
+                              default=math.nan) for impl in args.impls}
+        print(f"  {key}: {ms:.3f} ms  (" + ", ".join(f"{i} {t:.3f}" for i, t in per_impl.items()) + ")")
     best = None
     if scores:
-        (chunk, warps, dot, seg), score = min(scores.items(), key=lambda x: x[1])
-        best = f"chunk={chunk},warps={warps},dot={dot}"
+        (impl, chunk, warps, dot, seg), score = min(scores.items(), key=lambda x: x[1])
+        best = f"chunk={chunk},warps={warps},dot={dot},impl={impl}"
         print(f"best configuration (geometric mean {score:.3f} of per-shape best): GLADIFF_GLA_TRITON={best}")
         for key in best_per_shape:
             r = next(r for r in rows if (r["B"], r["H"], r["T"]) == key and
-                     (r["chunk"], r["warps"], r["dot"]) == (chunk, warps, dot) and r["auto"])
+                     (r["impl"], r["chunk"], r["warps"], r["dot"]) == (impl, chunk, warps, dot) and r["auto"])
             print(f"  {key}: fwd {r['fwd_ms']:.3f} bwd {r['bwd_ms']:.3f} total {r['total_ms']:.3f} ms")
         if args.best:
             Path(args.best).write_text(best + "\n")

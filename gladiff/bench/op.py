@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..ops.gla import gla, resolve_backend
+from ..ops.gla import gla, resolve_backend, triton_impl
 from .common import capture_graph, gpu_time_ms
 
 # The issue's shapes: DiG-S/2 at 256 px batch 32, and at 2048 px batch 1 and 4.
@@ -74,6 +74,14 @@ def _time_both(step, n_sets, warmup=5, reps=20):
 
 
 def bench_gla(B, H, T, backend, scan="row", reverse=False, dk=32, dv=64, backward=True):
+    """(eager ms, graph ms) of GLA ``backend`` (``"triton-<impl>"``: the Triton backend with kernel
+    implementation ``<impl>``, ``"sequential"`` or ``"parallel"``) at ``(B, H, T)``."""
+    backend, _, impl = backend.partition("-")
+    with triton_impl(impl or None):
+        return _bench_gla(B, H, T, backend, scan, reverse, dk, dv, backward)
+
+
+def _bench_gla(B, H, T, backend, scan, reverse, dk, dv, backward):
     grid = _grid(T)
     per_set = B * T * H * (3 * dk * 2 + dk * 4 + 2 * dv * 2)
     n_sets = _n_sets(per_set)
@@ -122,11 +130,11 @@ def run_op_bench(shapes=None, gla_backends=("triton", "fla"), scans=(("row", Fal
     for (B, H, T) in shapes:
         for backend in gla_backends:
             try:
-                resolve_backend(backend, "cuda", torch.bfloat16)
+                resolve_backend(backend.partition("-")[0], "cuda", torch.bfloat16)
             except ValueError as err:
                 print(f"skipping GLA backend {backend}: {err}")
                 continue
-            for scan, reverse in (scans if backend == "triton" else scans[:1]):
+            for scan, reverse in (scans if backend.startswith("triton") else scans[:1]):
                 for backward in (False, True):
                     jobs.append(("gla", backend, scan, reverse, B, H, T, backward))
         for sb in sdpa_backends:

@@ -22,7 +22,11 @@ def register(subparsers) -> None:
                    help="execution modes to try (eager compile graph); the best counts")
     p.add_argument("--dit-attn", nargs="+", default=["flash", "cudnn"], choices=["flash", "cudnn"],
                    help="SDPA backends tried for DiT; the fastest counts")
-    p.add_argument("--gla-backends", nargs="+", default=None, help="--op: GLA backends (default triton fla)")
+    p.add_argument("--gla-backends", nargs="+", default=None,
+                   help="--op: GLA backends (default triton fla; triton-sequential / triton-parallel pick "
+                        "the Triton kernels' implementation)")
+    p.add_argument("--op-shapes", nargs="+", default=None, metavar="B,H,T",
+                   help="--op: (batch, heads, tokens) shapes (default 32,6,256 1,6,16384 4,6,16384)")
     p.add_argument("--dwconv-backend", default="auto", choices=["auto", "torch", "triton"],
                    help="DiG's depth-wise conv (auto: our Triton kernels on CUDA; torch: cuDNN)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<kind>_<card>_<time>.json)")
@@ -38,6 +42,14 @@ def _default_out(kind: str, env: dict) -> str:
     return f"benchmarks/results/{kind}_{card}_{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
+def _op_shape(text: str) -> tuple[int, int, int]:
+    """``"B,H,T"`` -> ``(B, H, T)``."""
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--op-shapes: expected B,H,T (three positive integers), got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def run(args) -> int:
     import torch
 
@@ -48,7 +60,8 @@ def run(args) -> int:
     if args.op:
         from ..bench.op import format_rows, run_op_bench
 
-        rows = run_op_bench(gla_backends=tuple(args.gla_backends or ("triton", "fla")),
+        shapes = [_op_shape(s) for s in args.op_shapes] if args.op_shapes else None
+        rows = run_op_bench(shapes=shapes, gla_backends=tuple(args.gla_backends or ("triton", "fla")),
                             sdpa_backends=tuple(args.dit_attn))
         print(f"\ncard: {env['card']}\n" + format_rows(rows))
         path = write_json(args.out or _default_out("op", env), dict(env, kind="op", rows=rows))

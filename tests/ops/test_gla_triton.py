@@ -8,44 +8,16 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the kernels' impo
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 pytest.importorskip("triton")
 
 from gladiff.ops import gla  # noqa: E402
 from gladiff.ops.gla import resolve_backend  # noqa: E402
 from gladiff.ops.gla import triton_chunk as K  # noqa: E402
+from gla_triton_helpers import ORDERS, assert_close_all, make_inputs, reference, rel  # noqa: E402
 
 if not K._INTERPRET:
     pytest.skip("the Triton kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
-
-ORDERS = [("row", False), ("row", True), ("col", False), ("col", True)]
-
-
-def make_inputs(B, T, H, dk, dv, gate_scale=1.0):
-    q = torch.randn(B, T, H, dk)
-    k = torch.randn(B, T, H, dk)
-    v = torch.randn(B, T, H, dv)
-    g = F.logsigmoid(torch.randn(B, T, H, dk) * 2) * gate_scale
-    do = torch.randn(B, T, H, dv)
-    return q, k, v, g, do
-
-
-def reference(q, k, v, g, do, scale, scan, reverse, grid):
-    xs = [x.double().requires_grad_(True) for x in (q, k, v, g)]
-    o = gla(*xs, scale=scale, scan=scan, reverse=reverse, grid=grid, backend="recurrent")
-    return [o.detach()] + list(torch.autograd.grad(o, xs, do.double()))
-
-
-def rel(a, b):
-    return (torch.linalg.vector_norm(a.double() - b) / torch.linalg.vector_norm(b)).item()
-
-
-def assert_close_all(out, ref, tol):
-    for name, a, r in zip(["o", "dq", "dk", "dv", "dg"], out, ref):
-        assert torch.isfinite(a).all(), f"{name} has non-finite values"
-        err = rel(a, r)
-        assert err < tol, f"{name}: relative error {err:.2e} >= {tol}"
 
 
 @pytest.mark.parametrize("scan,reverse", ORDERS)

@@ -14,6 +14,8 @@ Triton nor a GPU.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .._triton import TRITON_DTYPES as _TRITON_DTYPES
@@ -34,7 +36,26 @@ def _gla_triton(*args, **kwargs):
         _triton_impl = gla_triton
     return _triton_impl(*args, **kwargs)
 
-__all__ = ["gla", "BACKENDS", "SCANS", "scan_order", "available_backends", "resolve_backend"]
+
+__all__ = ["gla", "BACKENDS", "SCANS", "scan_order", "available_backends", "resolve_backend", "triton_impl"]
+
+
+@contextlib.contextmanager
+def triton_impl(name: str | None):
+    """Inside the ``with`` block, backend ``"triton"`` runs implementation ``name`` of its kernels
+    (``"sequential"`` or ``"parallel"``; ``None`` leaves the configured one, ``GLADIFF_GLA_TRITON``'s
+    ``impl=``). For benchmarks comparing both in one process; imports Triton when ``name`` is given."""
+    if name is None:
+        yield
+        return
+    from .triton_chunk import CONFIG, IMPLS
+    if name not in IMPLS:
+        raise ValueError(f"GLA Triton implementation must be one of {IMPLS}, got {name!r}")
+    before, CONFIG["impl"] = CONFIG["impl"], name
+    try:
+        yield
+    finally:
+        CONFIG["impl"] = before
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

@@ -41,10 +41,13 @@ from .._triton import fix_interpreter_index
 
 # Launch configuration: tokens per chunk (a power of two: the intra-chunk decay is split along a
 # binary tree), warps and pipeline stages per program, and the operand precision of the products
-# for 16-bit inputs ("tf32": float32 operands, "bf16": operands rounded to bf16; float32 inputs
-# always use exact float32 products). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16"
-# overrides it (for tuning runs).
-CONFIG = dict(chunk=32, warps=4, stages=2, dot="tf32")
+# for 16-bit inputs ("tf32": float32 operands, "bf16": operands rounded to bf16, "bf16-scores": bf16
+# for the score products only, see `_settings`; float32 inputs always use exact float32 products),
+# and the implementation behind the custom ops ("sequential": this module, one program walks a
+# segment's chunks; "parallel": `triton_parallel`, fully parallel over chunks with a separate state
+# scan). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16,impl=parallel" overrides it.
+CONFIG = dict(chunk=32, warps=4, stages=2, dot="tf32", impl="sequential")
+IMPLS = ("sequential", "parallel")
 
 
 def _config_from_env():
@@ -52,15 +55,20 @@ def _config_from_env():
         key, _, value = item.partition("=")
         if key not in CONFIG:
             raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
-        CONFIG[key] = value if key == "dot" else int(value)
+        CONFIG[key] = value if key in ("dot", "impl") else int(value)
     _check_config(CONFIG["chunk"], CONFIG["dot"])
+    if CONFIG["impl"] not in IMPLS:
+        raise ValueError(f"GLADIFF_GLA_TRITON: impl must be one of {IMPLS}, got {CONFIG['impl']!r}")
+
+
+DOTS = ("tf32", "bf16", "bf16-scores")
 
 
 def _check_config(chunk, dot):
-    if chunk not in (16, 32, 64) or dot not in ("tf32", "bf16"):
-        raise ValueError(f"GLA Triton configuration: chunk must be 16, 32 or 64 and dot tf32 or bf16; "
+    if chunk not in (16, 32, 64) or dot not in DOTS:
+        raise ValueError(f"GLA Triton configuration: chunk must be 16, 32 or 64 and dot one of {DOTS}; "
                          f"got chunk={chunk}, dot={dot!r}")
-    if dot == "bf16" and chunk > 32:
+    if dot != "tf32" and chunk > 32:
         # Seen on an H200 with Triton 3.6: the 64-token kernels with bf16 operands fault
         # (illegal memory access) while 16/32 and every tf32 variant run correctly.
         raise ValueError("GLA Triton configuration: bf16 operands need chunk <= 32")
@@ -167,6 +175,35 @@ def _intra_scores(q, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: 
     return A
 
 
+@triton.jit
+def _intra_dq(P, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr, PREC: tl.constexpr):
+    """Intra-chunk ``dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s)`` for ``P[t, s] = do_t . v_s``
+    (causal; unscaled): the diagonal, then each tree level as a matmul."""
+    eye = offs_t[:, None] == offs_t[None, :]
+    dq = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None] * k
+    for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+        q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+        dq += q_decay * _mm(tl.where(same, P, 0.0), k * k_decay, PREC)
+    return dq
+
+
+@triton.jit
+def _intra_scores_dk(q, k, b, P, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+                     PREC: tl.constexpr, APREC: tl.constexpr):
+    """The scores ``A`` of ``_intra_scores`` (``q`` scaled; products in ``APREC``) and the intra-chunk
+    ``dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s)`` (in ``PREC``), sharing each tree level's decay
+    factors."""
+    eye = offs_t[:, None] == offs_t[None, :]
+    A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
+    dk = tl.sum(tl.where(eye, P, 0.0), axis=0)[:, None] * q
+    for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+        q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+        qq = q * q_decay
+        A += tl.where(same, _mm(qq, tl.trans(k * k_decay), APREC), 0.0)
+        dk += k_decay * _mm(tl.trans(tl.where(same, P, 0.0)), qq, PREC)
+    return A, dk
+
+
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _segment_state_kernel(
     K, V, G, U, GS,
@@ -217,7 +254,7 @@ def _fwd_kernel(
     T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
-    LOG2_BT: tl.constexpr, SPREC: tl.constexpr,
+    LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr,
 ):
     """Outputs of segment j for one (batch, head); with segments, also stores its start state."""
     j = tl.program_id(0)
@@ -256,8 +293,8 @@ def _fwd_kernel(
         g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, PREC)  # [t, s]
-        o = _mm(A, v, PREC) + _mm(q * tl.exp(b), S, SPREC)
+        A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, APREC)  # [t, s]
+        o = _mm(A, v, APREC) + _mm(q * tl.exp(b), S, SPREC)
         _store_rows(o_base, rows, sot, offs_v, mt, mv, o)
         kd = k * tl.exp(b_last[None, :] - b)
         S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
@@ -310,7 +347,7 @@ def _bwd_kernel(
     T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
-    LOG2_BT: tl.constexpr, SPREC: tl.constexpr,
+    LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr,
 ):
     """Gradients of segment j for one (batch, head). ``DQ, DK_, DV_, DG`` are contiguous like
     their inputs' shapes, so they share the strides of ``Q``/``V`` rebuilt as contiguous:
@@ -341,7 +378,6 @@ def _bwd_kernel(
     sdv = H * DV
     state_offs = offs_k[:, None] * BV + offs_v[None, :]
     causal = offs_t[:, None] >= offs_t[None, :]
-    eye = offs_t[:, None] == offs_t[None, :]
     t0 = j * SEG
 
     # Phase A: forwards through the segment, rebuilding the state; dq needs only the past.
@@ -359,12 +395,8 @@ def _bwd_kernel(
         do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        P = tl.where(causal, _mm(do, tl.trans(v), PREC), 0.0)  # do_t . v_s
-        # dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s): diagonal, then each tree level.
-        dq = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None] * k
-        for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
-            q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
-            dq += q_decay * _mm(tl.where(same, P, 0.0), k * k_decay, PREC)
+        P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)  # do_t . v_s
+        dq = _intra_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC)
         dq += tl.exp(b) * _mm(do, tl.trans(S), SPREC)
         dq = dq * scale
         _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq)
@@ -400,20 +432,11 @@ def _bwd_kernel(
         q_dq = _load_rows(dg_base, rows, sdk, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        P = tl.where(causal, _mm(do, tl.trans(v), PREC), 0.0)
-        # Scaled scores A (as in forward) and dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s),
-        # sharing each tree level's decay factors.
-        A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
-        dk = tl.sum(tl.where(eye, P, 0.0), axis=0)[:, None] * q
-        for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
-            q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
-            qq = q * q_decay
-            kk = k * k_decay
-            A += tl.where(same, _mm(qq, tl.trans(kk), PREC), 0.0)
-            dk += k_decay * _mm(tl.trans(tl.where(same, P, 0.0)), qq, PREC)
+        P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)
+        A, dk = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
         decay_k = tl.exp(b_last[None, :] - b)
         dk += decay_k * _mm(v, tl.trans(dS), SPREC)
-        dv = _mm(tl.trans(A), do, PREC)
+        dv = _mm(tl.trans(A), do, APREC)
         dv += _mm(k * decay_k, dS, SPREC)
         x = q_dq - k * dk
         dg = tl.cumsum(x, axis=0, reverse=True) + r[None, :]
@@ -442,14 +465,18 @@ def _settings(q, v, chunk, num_warps, num_stages, dot):
     _check_config(chunk, dot or CONFIG["dot"])
     full = q.dtype == torch.float32 and v.dtype == torch.float32
     # float32 inputs get float32 products; 16-bit inputs tf32 or bf16 operands, but products with
-    # the carried state keep tf32 (the state accumulates many tokens).
-    prec = "ieee" if full else (dot or CONFIG["dot"])
-    if prec == "bf16" and _INTERPRET:
-        prec = "bf16-emulated"
+    # the carried state keep tf32 (the state accumulates many tokens). "bf16-scores": bf16 operands
+    # only for the score products (A = q k^T decayed, P = do v^T, A v, A^T do: they form o and dv),
+    # tf32 for those that form dq and dk, whose difference q dq - k dk is dg (it cancels, so unequal
+    # roundings of its two halves cost dg its precision).
+    dot = dot or CONFIG["dot"]
+    bf16 = "bf16-emulated" if _INTERPRET else "bf16"
+    prec = "ieee" if full else {"tf32": "tf32", "bf16": bf16, "bf16-scores": "tf32"}[dot]
+    aprec = "ieee" if full else {"tf32": "tf32", "bf16": bf16, "bf16-scores": bf16}[dot]
     meta = dict(DK=dk, DV=dv, BK=max(16, triton.next_power_of_2(dk)), BV=max(16, triton.next_power_of_2(dv)),
                 BT=chunk, PREC=prec)
     launch = dict(num_warps=num_warps or CONFIG["warps"], num_stages=num_stages or CONFIG["stages"])
-    main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32")
+    main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32", APREC=aprec)
     return chunk, meta, launch, main
 
 

@@ -1,0 +1,127 @@
+"""Registers and spills of our Triton GLA kernels, compiled for a GPU architecture on any machine
+(no GPU needed): each kernel is compiled by Triton to PTX and assembled by the ``ptxas`` that ships
+with Triton, whose ``-v`` report gives registers per thread and spill bytes. Registers bound how many
+programs share a multiprocessor (65536 registers each on H100/H200), so this is a quick check of a
+kernel change before GPU time is spent on it.
+
+    python benchmarks/gla_triton_registers.py [--arch 90] [--dtype bf16] [--dot tf32] [--chunks 32] [--warps 4 8] \\
+        [--out benchmarks/results/gla_triton_registers.json]
+
+Caveat: integer arguments are compiled as plain 32-bit values, without the divisibility hints a real
+launch may add, so the counts can differ slightly from the kernels a GPU run compiles.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile real kernels, not the interpreter's
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+POINTERS_16 = ["Q", "K", "V", "DO", "O", "DQ", "DK_", "DV_"]  # in the inputs' dtype
+POINTERS_32 = ["G", "ST", "GL", "DG", "U", "GS", "S0", "DU"]  # float32 gates, states, dg
+
+
+def _kernels(chunk: int, full: bool, dot: str):
+    """(name, jit function, compile-time constants) of every kernel, as ``gla_fwd``/``gla_bwd`` launch them."""
+    import torch
+
+    from gladiff.ops.gla import triton_chunk as K
+    from gladiff.ops.gla import triton_parallel as P
+
+    # The constants gla_fwd/gla_bwd would pass (their _settings, on stand-in tensors of the dtype).
+    dtype = torch.float32 if full else torch.bfloat16
+    _, meta, _, main = K._settings(torch.empty(1, 1, 1, 32, dtype=dtype), torch.empty(1, 1, 1, 64, dtype=dtype),
+                                   chunk, None, None, dot)
+    return [
+        ("sequential fwd", K._fwd_kernel, dict(meta, **main, MULTI_SEG=False)),
+        ("sequential fwd (segments)", K._fwd_kernel, dict(meta, **main, MULTI_SEG=True)),
+        ("sequential bwd", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False)),
+        ("sequential bwd (segments)", K._bwd_kernel, dict(meta, **main, MULTI_SEG=True)),
+        ("parallel chunk states (fwd)", P._chunk_state_kernel, dict(meta, WITH_GRAD=False)),
+        ("parallel chunk states (bwd)", P._chunk_state_kernel, dict(meta, WITH_GRAD=True)),
+        ("parallel state scan", P._state_scan_kernel, dict(BK=32, BV=64, NB=P.SCAN_BLOCK)),
+        ("parallel outputs", P._output_kernel, dict(meta, **main)),
+        ("parallel gradients", P._grad_kernel, dict(meta, **main)),
+    ]
+
+
+def _signature(fn, constants, dtype):
+    sig = {}
+    for name in fn.arg_names:
+        if name in constants:
+            sig[name] = "constexpr"
+        elif name in POINTERS_16:
+            sig[name] = f"*{dtype}"
+        elif name in POINTERS_32:
+            sig[name] = "*fp32"
+        else:
+            sig[name] = "fp32" if name == "scale" else "i32"
+    return sig
+
+
+def ptxas_report(ptx: str, arch: int) -> dict:
+    """``{"registers", "spill_stores", "spill_loads"}`` from ``ptxas -v`` on ``ptx``."""
+    from triton.backends.nvidia import compiler as nv
+
+    ptxas = nv.get_ptxas(arch).path  # the ptxas Triton itself uses (shipped in its wheel)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        suffix = "a" if arch >= 90 else ""
+        out = subprocess.run([ptxas, f"-arch=sm_{arch}{suffix}", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", out)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
+    return dict(registers=int(regs.group(1)) if regs else None,
+                spill_stores=int(spills.group(1)) if spills else None,
+                spill_loads=int(spills.group(2)) if spills else None)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100/H200)")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="q/k/v dtype")
+    parser.add_argument("--chunks", nargs="+", type=int, default=[32])
+    parser.add_argument("--dot", default="tf32", help="operand precision for 16-bit inputs (CONFIG's dot)")
+    parser.add_argument("--warps", nargs="+", type=int, default=[4, 8])
+    parser.add_argument("--out", default=None, help="JSON path (default: print only)")
+    args = parser.parse_args(argv)
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from triton.compiler import compile as triton_compile
+    except ImportError as err:
+        print(f"gla_triton_registers: needs Triton ({err})")
+        return 0
+    rows = []
+    for chunk in args.chunks:
+        for warps in args.warps:
+            for name, fn, constants in _kernels(chunk, args.dtype == "fp32", args.dot):
+                src = ASTSource(fn=fn, signature=_signature(fn, constants, args.dtype), constexprs=constants)
+                try:
+                    compiled = triton_compile(src, target=GPUTarget("cuda", args.arch, 32),
+                                              options=dict(num_warps=warps, num_stages=2))
+                    report = ptxas_report(compiled.asm["ptx"], args.arch)
+                except Exception as err:  # reported per kernel: one that fails to compile is a finding
+                    report = dict(error=f"{type(err).__name__}: {str(err)[:300]}")
+                rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=args.dot, arch=args.arch,
+                                 **report))
+                regs = report.get("registers")
+                progs = 65536 // (regs * 32 * warps) if regs else None
+                print(f"chunk {chunk:2d} warps {warps}  {name:30} " + (
+                    f"{regs:3d} registers, spills {report['spill_stores']}/{report['spill_loads']} B, "
+                    f"<= {progs} programs/SM" if regs else report.get("error", "?")), flush=True)
+    if args.out:
+        from gladiff.bench.common import write_json
+        print(f"wrote {write_json(args.out, dict(kind='gla_triton_registers', rows=rows))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
