@@ -86,10 +86,11 @@ class GatedLinearAttention(nn.Module):
                                      nn.Linear(gate_low_rank_dim, self.key_dim, bias=True))
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
         self.g_norm_weight = nn.Parameter(torch.ones(self.head_v_dim))
-        # One GEMM for the q, k, v, g projections and the gate's low-rank down-projection (all read
-        # the same x): fewer, larger matmuls, and backward writes dx with one GEMM instead of five
-        # GEMMs and four additions. The parameters (and the state_dict) stay the published ones.
-        self.fuse_projections = True
+        # Option: one GEMM for the q, k, v, g projections and the gate's low-rank down-projection
+        # (all read the same x); the parameters (and the state_dict) stay the published ones. Off
+        # by default: on an H200 (DiG-XL/2 256 px, batch 32, compile+graph) it was 1% faster but
+        # raised peak memory from 18.9 to 23.3 GB (benchmarks/results/dig_options_H200_*.json).
+        self.fuse_projections = False
         # Recompute the element-wise gate and norm regions in backward (their inputs are saved
         # anyway): less activation memory for the same values and gradients.
         self.recompute_elementwise = True
