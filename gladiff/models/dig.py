@@ -196,23 +196,11 @@ class DiGBlock(nn.Module):
         o = self.orientation
         x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1), grid,
                                                scan=o.scan, reverse=o.reverse)
-        m = self.mlp(modulate(self.norm2(x), shift2, scale2))
-        if self.dwconv is None:
-            return x + gate2.unsqueeze(1) * m
-        # The conv's input (in autocast's dtype) is recomputed in backward from the residual stream
-        # and the MLP output, which are kept anyway, instead of being kept as another T x D tensor.
-        x = recomputed(_residual_for_conv, x, gate2, m, enabled=self.attn.recompute_elementwise)
-        # The tokens are the image in channels-last layout: the op convolves them in place.
-        return dwconv3x3(x, self.conv_weight(), self.dwconv.bias, grid, backend=self.dwconv_backend)
-
-
-def _residual_for_conv(x, gate, m):
-    """``x + gate * m`` in the dtype the conv will run in (autocast's, if on)."""
-    x = x + gate.unsqueeze(1) * m
-    device = x.device.type
-    if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
-        x = x.to(torch.get_autocast_dtype(device))
-    return x
+        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        if self.dwconv is not None:
+            # The tokens are the image in channels-last layout: the op convolves them in place.
+            x = dwconv3x3(x, self.conv_weight(), self.dwconv.bias, grid, backend=self.dwconv_backend)
+        return x
 
 
 # ----------------------------------------------------------------------------- network
