@@ -21,6 +21,17 @@ def triton_available(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
+def check_triton_backend(op: str, device: torch.device, dtype: torch.dtype | None, fallback: str) -> None:
+    """Raise a ValueError naming ``op`` when its ``"triton"`` backend cannot run on ``device`` or
+    take ``dtype``; ``fallback`` names the backends to use instead for float64."""
+    if not triton_available(device):
+        raise ValueError(f"{op} backend='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 "
+                         "for Triton's CPU interpreter)")
+    if dtype is not None and dtype not in TRITON_DTYPES:
+        raise ValueError(f"{op} backend='triton' takes float32, bfloat16 or float16 inputs, got {dtype}; "
+                         f"use {fallback} for float64")
+
+
 def fix_interpreter_index() -> None:
     """Triton 3.6's CPU interpreter turns a scalar into ``int`` with ``int(array_of_shape_1)``, which
     NumPy >= 2.4 refuses; every loop with a run-time bound then fails. Patch that one conversion

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._triton import TRITON_DTYPES, triton_available
+from ._triton import check_triton_backend
 
 BACKENDS = ("auto", "torch", "triton")
 _triton_impl = None
@@ -50,12 +50,7 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
     if backend == "auto":
         return "torch"
     if backend == "triton":
-        if not triton_available(device):
-            raise ValueError("dwconv backend='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 "
-                             "for Triton's CPU interpreter)")
-        if dtype is not None and dtype not in TRITON_DTYPES:
-            raise ValueError(f"dwconv backend='triton' takes float32, bfloat16 or float16 inputs, got {dtype}; "
-                             "use backend='torch' for float64")
+        check_triton_backend("dwconv", device, dtype, "backend='torch'")
     return backend
 
 

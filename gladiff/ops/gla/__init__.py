@@ -19,6 +19,7 @@ import contextlib
 import torch
 
 from .._triton import TRITON_DTYPES as _TRITON_DTYPES
+from .._triton import check_triton_backend
 from .._triton import triton_available as _triton_available
 from . import fla as _fla
 from .chunk import gla_chunk
@@ -82,12 +83,7 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
             names.remove("triton")
         return names[0]
     if backend == "triton":
-        if not _triton_available(device):
-            raise ValueError("backend='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 "
-                             "for Triton's CPU interpreter)")
-        if dtype is not None and dtype not in _TRITON_DTYPES:
-            raise ValueError(f"backend='triton' takes float32, bfloat16 or float16 inputs, got {dtype}; "
-                             "use backend='chunk' or 'recurrent' for float64")
+        check_triton_backend("GLA", device, dtype, "backend='chunk' or 'recurrent'")
     if backend == "fla" and not _fla.available():
         raise ValueError("backend='fla' needs a CUDA device and flash-linear-attention "
                          "(pip install 'gladiff[fla]')")
