@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--op-shapes", nargs="+", default=None, metavar="B,H,T",
                    help="--op: (batch, heads, tokens) shapes (default 32,6,256 1,6,16384 4,6,16384)")
     p.add_argument("--dwconv-backend", default="auto", choices=["auto", "torch", "triton"],
-                   help="DiG's depth-wise conv (auto: our Triton kernels on CUDA; torch: cuDNN)")
+                   help="DiG's depth-wise conv (auto = torch: cuDNN on channels-last, measured faster; "
+                        "triton: our kernels)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<kind>_<card>_<time>.json)")
     p.add_argument("--plot", default=None, help="PNG path for the throughput/memory plot (model bench)")
     p.add_argument("--reps", type=int, default=10, help="timed repeats per measurement (median)")
