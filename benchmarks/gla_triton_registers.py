@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 POINTERS_16 = ["Q", "K", "V", "DO", "O", "DQ", "DK_", "DV_"]  # in the inputs' dtype
 POINTERS_32 = ["G", "ST", "GL", "DG", "U", "GS", "S0", "DU"]  # float32 gates, states, dg
+# Constants with defaults must be named here: one left out would be compiled as a run-time integer.
+FUSED = dict(DQ_PASS=True, DKV_PASS=True)  # gla_bwd(bwd="fused")
 SPLIT_DQ = dict(DQ_PASS=True, DKV_PASS=False)  # the two launches of gla_bwd(bwd="split")
 SPLIT_DKV = dict(DQ_PASS=False, DKV_PASS=True)
 
@@ -43,8 +45,8 @@ def _kernels(chunk: int, full: bool, dot: str):
     return [
         ("sequential fwd", K._fwd_kernel, dict(meta, **main, MULTI_SEG=False)),
         ("sequential fwd (segments)", K._fwd_kernel, dict(meta, **main, MULTI_SEG=True)),
-        ("sequential bwd", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False)),
-        ("sequential bwd (segments)", K._bwd_kernel, dict(meta, **main, MULTI_SEG=True)),
+        ("sequential bwd", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False, **FUSED)),
+        ("sequential bwd (segments)", K._bwd_kernel, dict(meta, **main, MULTI_SEG=True, **FUSED)),
         # bwd="split": the same kernel compiled once per pass (gla_bwd launches both in turn).
         ("sequential bwd split: dq", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False, **SPLIT_DQ)),
         ("sequential bwd split: dq (segments)", K._bwd_kernel, dict(meta, **main, MULTI_SEG=True, **SPLIT_DQ)),
