@@ -129,6 +129,21 @@ def _raster(pos, T, grid_h, grid_w, COL, REVERSE):
 
 
 @triton.jit
+def _chunk_rows(pos, T, grid_h, grid_w, COL, REVERSE):
+    """Raster rows (int64) of scan positions ``pos`` (one chunk) and the mask of those inside the sequence."""
+    mt = pos < T
+    return _raster(pos, T, grid_h, grid_w, COL, REVERSE), mt
+
+
+@triton.jit
+def _advance_state(S, k, v, b, b_last, PREC: tl.constexpr):
+    """The state after one chunk: ``S exp(b_L) + sum_s (k_s exp(b_L - b_s))^T v_s`` (``b``: the chunk's
+    cumulative log-gates ``[BT, BK]``, ``b_last``: their last row; both exponents <= 0)."""
+    kd = k * tl.exp(b_last[None, :] - b)
+    return S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
+
+
+@triton.jit
 def _mm(a, b, PREC: tl.constexpr):
     """Matrix product with float32 accumulation; ``PREC`` "bf16" rounds the operands to bf16 (for
     16-bit inputs), else it is Triton's float32 input precision ("ieee", "tf32")."""
@@ -248,16 +263,13 @@ def _segment_state_kernel(
     gsum = tl.zeros([BK], dtype=tl.float32)
     t0 = j * SEG
     for c in range(0, n_chunks):
-        pos = t0 + c * BT + offs_t
-        mt = pos < T
-        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
         v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
         g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        kd = k * tl.exp(b_last[None, :] - b)
-        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
+        S = _advance_state(S, k, v, b, b_last, PREC)
         gsum += b_last
     st = (bh * NSEG + j).to(tl.int64)
     tl.store(U + st * BK * BV + offs_k[:, None] * BV + offs_v[None, :], S)
@@ -301,9 +313,7 @@ def _fwd_kernel(
 
     t0 = j * SEG
     for c in range(0, n_chunks):
-        pos = t0 + c * BT + offs_t
-        mt = pos < T
-        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
         k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
         v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
@@ -313,8 +323,7 @@ def _fwd_kernel(
         A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, APREC)  # [t, s]
         o = _mm(A, v, APREC) + _mm(q * tl.exp(b), S, SPREC)
         _store_rows(o_base, rows, sot, offs_v, mt, mv, o)
-        kd = k * tl.exp(b_last[None, :] - b)
-        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
+        S = _advance_state(S, k, v, b, b_last, PREC)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -344,9 +353,7 @@ def _segment_dstate_kernel(
     b_off = tl.zeros([BK], dtype=tl.float32)
     t0 = j * SEG
     for c in range(0, n_chunks):
-        pos = t0 + c * BT + offs_t
-        mt = pos < T
-        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         q = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
         g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
         do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
@@ -411,9 +418,7 @@ def _bwd_kernel(
         else:
             S = tl.zeros([BK, BV], dtype=tl.float32)
         for c in range(0, n_chunks):
-            pos = t0 + c * BT + offs_t
-            mt = pos < T
-            rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+            rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
             k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
             v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
             g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
@@ -429,8 +434,7 @@ def _bwd_kernel(
             # re-reading a 16-bit dq there would cost dg its precision (q dq - k dk cancels).
             q_raw = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
             _store_rows(dg_base, rows, sdk, offs_k, mt, mk, q_raw * dq)
-            kd = k * tl.exp(b_last[None, :] - b)
-            S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
+            S = _advance_state(S, k, v, b, b_last, PREC)
     elif MULTI_SEG:
         # Without phase A the state at the segment end is the saved start state of the next
         # segment (the last segment has none; its end-state gradient is zero, so r is too).
@@ -455,9 +459,7 @@ def _bwd_kernel(
         # Phase B: backwards through the segment, carrying dS.
         for it in range(0, n_chunks):
             c = n_chunks - 1 - it
-            pos = t0 + c * BT + offs_t
-            mt = pos < T
-            rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+            rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
             q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
             k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
             v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
