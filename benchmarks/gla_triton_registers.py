@@ -5,7 +5,7 @@ programs share a multiprocessor (65536 registers each on H100/H200), so this is 
 kernel change before GPU time is spent on it.
 
     python benchmarks/gla_triton_registers.py [--arch 90] [--dtype bf16] [--dot tf32] [--chunks 32] [--warps 4 8] \\
-        [--kernels sequential] [--out benchmarks/results/gla_triton_registers.json]
+        [--kernels sequential] [--maxnreg 168] [--out benchmarks/results/gla_triton_registers.json]
 
 Caveat: integer arguments are compiled as plain 32-bit values, without the divisibility hints a real
 launch may add, so the counts can differ slightly from the kernels a GPU run compiles.
@@ -102,6 +102,7 @@ def main(argv=None):
     parser.add_argument("--warps", nargs="+", type=int, default=[4, 8])
     parser.add_argument("--kernels", nargs="+", default=None,
                         help="only kernels whose name contains one of these texts (default: all)")
+    parser.add_argument("--maxnreg", type=int, default=0, help="register cap per thread (CONFIG's maxnreg; 0: none)")
     parser.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = parser.parse_args(argv)
     try:
@@ -120,12 +121,13 @@ def main(argv=None):
                 src = ASTSource(fn=fn, signature=_signature(fn, constants, args.dtype), constexprs=constants)
                 try:
                     compiled = triton_compile(src, target=GPUTarget("cuda", args.arch, 32),
-                                              options=dict(num_warps=warps, num_stages=2))
+                                              options=dict(num_warps=warps, num_stages=2,
+                                                           **({"maxnreg": args.maxnreg} if args.maxnreg else {})))
                     report = ptxas_report(compiled.asm["ptx"], args.arch)
                 except Exception as err:  # reported per kernel: one that fails to compile is a finding
                     report = dict(error=f"{type(err).__name__}: {str(err)[:300]}")
                 rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=args.dot, arch=args.arch,
-                                 **report))
+                                 maxnreg=args.maxnreg, **report))
                 regs = report.get("registers")
                 progs = 65536 // (regs * 32 * warps) if regs else None
                 print(f"chunk {chunk:2d} warps {warps}  {name:30} " + (

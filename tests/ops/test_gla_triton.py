@@ -100,7 +100,7 @@ def test_compiles_without_graph_breaks(bwd, monkeypatch):
     assert_close_all(out, reference(q, k, v, g, do, 8 ** -0.5, "col", True, grid), 1e-5)
 
 
-def test_bwd_is_validated(monkeypatch):
+def test_bwd_and_register_cap_are_validated(monkeypatch):
     monkeypatch.setattr(K, "CONFIG", dict(K.CONFIG))
     monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=split")
     K._config_from_env()
@@ -112,6 +112,11 @@ def test_bwd_is_validated(monkeypatch):
     o, s0, gs = K.gla_fwd(q, k, v, g, 0.5, False, False, 1, 16)
     with pytest.raises(ValueError, match="bwd must be one of"):
         K.gla_bwd(q, k, v, g, do, s0, gs, 0.5, False, False, 1, 16, bwd="Split")
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=fused,maxnreg=168")
+    K._config_from_env()
+    assert K.CONFIG["maxnreg"] == 168
+    with pytest.raises(ValueError, match="maxnreg must be 0"):
+        K.gla_fwd(q, k, v, g, 0.5, False, False, 1, 16, maxnreg=300)
 
 
 def test_dispatcher_rules():

@@ -55,8 +55,10 @@ from .._triton import fix_interpreter_index
 # GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16,impl=parallel,bwd=split" overrides it.
 # The default is the fastest configuration of the H200 sweep that passes the bf16 GPU check
 # (benchmarks/results/gla_triton_tune_H200_parallel.json, gla_gpu_check_H200_bf16scores.json);
-# "split" is not timed yet.
-CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential", bwd="fused")
+# "split" is not timed yet. maxnreg: a cap on registers per thread for every launch (ptxas spills
+# above it; 0: ptxas's choice), so that more programs share a multiprocessor (65536 registers: at 4
+# warps <= 168 fits 3 programs, <= 128 fits 4); not timed yet either.
+CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential", bwd="fused", maxnreg=0)
 IMPLS = ("sequential", "parallel")
 BWDS = ("fused", "split")
 
@@ -71,6 +73,12 @@ def _config_from_env():
     if CONFIG["impl"] not in IMPLS:
         raise ValueError(f"GLADIFF_GLA_TRITON: impl must be one of {IMPLS}, got {CONFIG['impl']!r}")
     _check_bwd(CONFIG["bwd"])
+    _check_maxnreg(CONFIG["maxnreg"])
+
+
+def _check_maxnreg(maxnreg):
+    if maxnreg != 0 and not 32 <= maxnreg <= 255:
+        raise ValueError(f"GLA Triton configuration: maxnreg must be 0 (no cap) or 32..255, got {maxnreg}")
 
 
 def _check_bwd(bwd):
@@ -480,7 +488,7 @@ def _bwd_kernel(
             else:
                 # The split pass loads q * dq where it is used: Triton keeps program order, and
                 # loaded with the other inputs this tile stays live through the tree products
-                # (ptxas, 4 warps: spills 436 -> 268 B; the fused kernel: 468 -> 240 B, untimed).
+                # (ptxas, 4 warps: spills 436 -> 268 B; the fused kernel: 476 -> 248 B, untimed).
                 x = _load_rows(dg_base, rows, sdk, offs_k, mt, mk) - k * dk
             dg = tl.cumsum(x, axis=0, reverse=True) + r[None, :]
             r += tl.sum(x, axis=0)
@@ -501,7 +509,7 @@ if _INTERPRET:
     fix_interpreter_index()
 
 
-def _settings(q, v, chunk, num_warps, num_stages, dot):
+def _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg=None):
     """Compile-time constants and launch options for one call (``None`` -> ``CONFIG``)."""
     dk, dv = q.shape[-1], v.shape[-1]
     chunk = chunk or CONFIG["chunk"]
@@ -519,6 +527,10 @@ def _settings(q, v, chunk, num_warps, num_stages, dot):
     meta = dict(DK=dk, DV=dv, BK=max(16, triton.next_power_of_2(dk)), BV=max(16, triton.next_power_of_2(dv)),
                 BT=chunk, PREC=prec)
     launch = dict(num_warps=num_warps or CONFIG["warps"], num_stages=num_stages or CONFIG["stages"])
+    maxnreg = CONFIG["maxnreg"] if maxnreg is None else maxnreg
+    _check_maxnreg(maxnreg)
+    if maxnreg:
+        launch["maxnreg"] = maxnreg
     main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32", APREC=aprec)
     return chunk, meta, launch, main
 
@@ -538,13 +550,13 @@ def _strides(x):
 
 def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
             segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
-            num_stages: int | None = None, dot: str | None = None):
+            num_stages: int | None = None, dot: str | None = None, maxnreg: int | None = None):
     """Forward. ``q, k, g: [B, T, H, dk]``, ``v: [B, T, H, dv]`` (last dim contiguous) ->
     ``(o [B, T, H, dv] in v's dtype, segment-start states, segment log-decays)``. The keyword
     arguments override ``CONFIG`` (tuning); backward must be called with the same ones."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg)
     seg, nseg = plan_segments(B * H, T, segment, chunk)
     o = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
     s0_shape, gs_shape = state_shapes(B, T, H, dk, dv, segment, chunk)
@@ -569,13 +581,14 @@ def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int
 
 def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
             segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
-            num_stages: int | None = None, dot: str | None = None, bwd: str | None = None):
+            num_stages: int | None = None, dot: str | None = None, bwd: str | None = None,
+            maxnreg: int | None = None):
     """Backward: ``(dq, dk, dv, dg)``, contiguous, in the dtypes of ``q, k, v, g``. ``bwd`` (default
     ``CONFIG["bwd"]``): "fused" (one launch per pass) or "split" (a dq launch, then a dk/dv/dg launch);
     the same gradients either way, from the same saved states."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg)
     bwd = bwd or CONFIG["bwd"]
     _check_bwd(bwd)
     seg, nseg = plan_segments(B * H, T, segment, chunk)
