@@ -584,8 +584,9 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
             num_stages: int | None = None, dot: str | None = None, bwd: str | None = None,
             maxnreg: int | None = None):
     """Backward: ``(dq, dk, dv, dg)``, contiguous, in the dtypes of ``q, k, v, g``. ``bwd`` (default
-    ``CONFIG["bwd"]``): "fused" (one launch per pass) or "split" (a dq launch, then a dk/dv/dg launch);
-    the same gradients either way, from the same saved states."""
+    ``CONFIG["bwd"]``): "fused" (one launch) or "split" (a dq launch, then a dk/dv/dg launch); the same
+    gradients either way (up to float32 rounding: split takes each segment's end state from the saved
+    start states instead of rebuilding it), from the same saved tensors."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
     chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg)
@@ -610,7 +611,8 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
         s0 = du = gs = dq
     # Split: the dq pass writes dq and q * dq (float32, in dg's buffer); the dk/dv/dg pass, launched
     # after it on the same stream, reads that q * dq back. Fused: both passes in one launch.
-    passes = [dict(DQ_PASS=True, DKV_PASS=False), dict(DQ_PASS=False, DKV_PASS=True)] if bwd == "split" else [{}]
+    passes = ([dict(DQ_PASS=True, DKV_PASS=False), dict(DQ_PASS=False, DKV_PASS=True)] if bwd == "split"
+              else [dict(DQ_PASS=True, DKV_PASS=True)])
     for phase in passes:
         _launch(_bwd_kernel, nseg, B * H,
                 q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs,
