@@ -11,11 +11,15 @@ poisoned memory), so an unwritten element shows as NaN and fails.
     python benchmarks/check_gla_gpu.py --backends triton --impls sequential parallel
 
 ``--impls`` checks each named implementation of the Triton kernels (``triton_chunk.CONFIG["impl"]``)
-in the same process; its rows are labelled ``triton-<impl>``.
+in the same process; its rows are labelled ``triton-<impl>``. ``--bwds fused split`` checks each
+backward of the sequential implementation (``CONFIG["bwd"]``), rows ``triton-sequential-<bwd>``:
+
+    python benchmarks/check_gla_gpu.py --backends triton --impls sequential --bwds fused split
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -61,13 +65,29 @@ def poison(n_bytes: int = 512 * 2**20):
     del x
 
 
+@contextlib.contextmanager
+def triton_bwd(name):
+    """Inside the block the sequential Triton kernels use backward ``name`` ("fused", "split"; None:
+    as configured)."""
+    if name is None:
+        yield
+        return
+    from gladiff.ops.gla import triton_chunk
+    before, triton_chunk.CONFIG["bwd"] = triton_chunk.CONFIG["bwd"], name
+    try:
+        yield
+    finally:
+        triton_chunk.CONFIG["bwd"] = before
+
+
 def run(backend, q, k, v, g, do, scan, reverse, grid):
     """``[o, dq, dk, dv, dg]`` of ``backend`` (``"triton-<impl>"``: the Triton backend with that
-    implementation of the kernels)."""
+    implementation of the kernels; ``"triton-sequential-<bwd>"``: and that backward)."""
     backend, _, impl = backend.partition("-")
+    impl, _, bwd = impl.partition("-")
     xs = [x.detach().clone().requires_grad_(True) for x in (q, k, v, g)]
     poison()
-    with triton_impl(impl or None):
+    with triton_impl(impl or None), triton_bwd(bwd or None):
         o = gla(*xs, scan=scan, reverse=reverse, grid=grid, backend=backend)
         grads = torch.autograd.grad(o, xs, do)
     return [o.detach()] + list(grads)
@@ -88,6 +108,9 @@ def main(argv=None):
     parser.add_argument("--impls", nargs="+", default=None, choices=["sequential", "parallel"],
                         help="check the triton backend with each of these kernel implementations "
                              "(default: the configured one, GLADIFF_GLA_TRITON impl=...)")
+    parser.add_argument("--bwds", nargs="+", default=None, choices=["fused", "split"],
+                        help="check the sequential kernels with each of these backwards (default: the "
+                             "configured one, GLADIFF_GLA_TRITON bwd=...); rows triton-sequential-<bwd>")
     args = parser.parse_args(argv)
     cases = [c for c in CASES if args.cases is None or any(s in c[0] for s in args.cases)]
     if not torch.cuda.is_available():
@@ -96,6 +119,9 @@ def main(argv=None):
     backends = args.backends or [b for b in available_backends("cuda") if b != "recurrent"]
     if args.impls:
         backends = [v for b in backends for v in ([f"triton-{i}" for i in args.impls] if b == "triton" else [b])]
+    if args.bwds:
+        backends = [v for b in backends for v in (
+            [f"triton-sequential-{w}" for w in args.bwds] if b in ("triton", "triton-sequential") else [b])]
     torch.manual_seed(0)
     rows = []
     names = ["o", "dq", "dk", "dv", "dg"]
@@ -126,7 +152,7 @@ def main(argv=None):
         write_json(args.out, dict(environment(), tolerances=TOL, reference="recurrent, float64",
                                   metric="||out - ref|| / ||ref||", partial=True, rows=rows))
     # Table: worst error per backend, dtype, case over the four scan orders.
-    print(f"\n{'backend':17} {'dtype':9} {'case':28} " + " ".join(f"{n:>8}" for n in names) + "  ok")
+    print(f"\n{'backend':23} {'dtype':9} {'case':28} " + " ".join(f"{n:>8}" for n in names) + "  ok")
     for backend in backends:
         for dname in args.dtypes:
             for name, *_ in cases:
@@ -135,7 +161,7 @@ def main(argv=None):
                     continue
                 worst = {n: max(r["rel_err"][n] for r in sel) for n in names}
                 ok = all(r["ok"] for r in sel)
-                print(f"{backend:17} {dname:9} {name:28} " + " ".join(f"{worst[n]:8.1e}" for n in names)
+                print(f"{backend:23} {dname:9} {name:28} " + " ".join(f"{worst[n]:8.1e}" for n in names)
                       + f"  {'yes' if ok else 'NO'}")
     summary = {b: all(r["ok"] for r in rows if r["backend"] == b) for b in backends}
     print("\nall cases within tolerance:", summary)

@@ -5,7 +5,7 @@ programs share a multiprocessor (65536 registers each on H100/H200), so this is 
 kernel change before GPU time is spent on it.
 
     python benchmarks/gla_triton_registers.py [--arch 90] [--dtype bf16] [--dot tf32] [--chunks 32] [--warps 4 8] \\
-        [--out benchmarks/results/gla_triton_registers.json]
+        [--kernels sequential] [--maxnreg 168] [--out benchmarks/results/gla_triton_registers.json]
 
 Caveat: integer arguments are compiled as plain 32-bit values, without the divisibility hints a real
 launch may add, so the counts can differ slightly from the kernels a GPU run compiles.
@@ -25,6 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 POINTERS_16 = ["Q", "K", "V", "DO", "O", "DQ", "DK_", "DV_"]  # in the inputs' dtype
 POINTERS_32 = ["G", "ST", "GL", "DG", "U", "GS", "S0", "DU"]  # float32 gates, states, dg
+# Constants with defaults must be named here: one left out would be compiled as a run-time integer.
+FUSED = dict(DQ_PASS=True, DKV_PASS=True)  # gla_bwd(bwd="fused")
+SPLIT_DQ = dict(DQ_PASS=True, DKV_PASS=False)  # the two launches of gla_bwd(bwd="split")
+SPLIT_DKV = dict(DQ_PASS=False, DKV_PASS=True)
 
 
 def _kernels(chunk: int, full: bool, dot: str):
@@ -41,8 +45,14 @@ def _kernels(chunk: int, full: bool, dot: str):
     return [
         ("sequential fwd", K._fwd_kernel, dict(meta, **main, MULTI_SEG=False)),
         ("sequential fwd (segments)", K._fwd_kernel, dict(meta, **main, MULTI_SEG=True)),
-        ("sequential bwd", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False)),
-        ("sequential bwd (segments)", K._bwd_kernel, dict(meta, **main, MULTI_SEG=True)),
+        ("sequential bwd", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False, **FUSED)),
+        ("sequential bwd (segments)", K._bwd_kernel, dict(meta, **main, MULTI_SEG=True, **FUSED)),
+        # bwd="split": the same kernel compiled once per pass (gla_bwd launches both in turn).
+        ("sequential bwd split: dq", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False, **SPLIT_DQ)),
+        ("sequential bwd split: dq (segments)", K._bwd_kernel, dict(meta, **main, MULTI_SEG=True, **SPLIT_DQ)),
+        ("sequential bwd split: dk/dv/dg", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False, **SPLIT_DKV)),
+        ("sequential bwd split: dk/dv/dg (segments)", K._bwd_kernel,
+         dict(meta, **main, MULTI_SEG=True, **SPLIT_DKV)),
         ("parallel chunk states (fwd)", P._chunk_state_kernel, dict(meta, WITH_GRAD=False)),
         ("parallel chunk states (bwd)", P._chunk_state_kernel, dict(meta, WITH_GRAD=True)),
         ("parallel state scan", P._state_scan_kernel, dict(BK=32, BV=64, NB=P.SCAN_BLOCK)),
@@ -90,6 +100,9 @@ def main(argv=None):
     parser.add_argument("--chunks", nargs="+", type=int, default=[32])
     parser.add_argument("--dot", default="tf32", help="operand precision for 16-bit inputs (CONFIG's dot)")
     parser.add_argument("--warps", nargs="+", type=int, default=[4, 8])
+    parser.add_argument("--kernels", nargs="+", default=None,
+                        help="only kernels whose name contains one of these texts (default: all)")
+    parser.add_argument("--maxnreg", type=int, default=0, help="register cap per thread (CONFIG's maxnreg; 0: none)")
     parser.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = parser.parse_args(argv)
     try:
@@ -103,15 +116,18 @@ def main(argv=None):
     for chunk in args.chunks:
         for warps in args.warps:
             for name, fn, constants in _kernels(chunk, args.dtype == "fp32", args.dot):
+                if args.kernels and not any(text in name for text in args.kernels):
+                    continue
                 src = ASTSource(fn=fn, signature=_signature(fn, constants, args.dtype), constexprs=constants)
                 try:
                     compiled = triton_compile(src, target=GPUTarget("cuda", args.arch, 32),
-                                              options=dict(num_warps=warps, num_stages=2))
+                                              options=dict(num_warps=warps, num_stages=2,
+                                                           **({"maxnreg": args.maxnreg} if args.maxnreg else {})))
                     report = ptxas_report(compiled.asm["ptx"], args.arch)
                 except Exception as err:  # reported per kernel: one that fails to compile is a finding
                     report = dict(error=f"{type(err).__name__}: {str(err)[:300]}")
                 rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=args.dot, arch=args.arch,
-                                 **report))
+                                 maxnreg=args.maxnreg, **report))
                 regs = report.get("registers")
                 progs = 65536 // (regs * 32 * warps) if regs else None
                 print(f"chunk {chunk:2d} warps {warps}  {name:30} " + (

@@ -1,6 +1,8 @@
 """Time our Triton GLA kernels (forward + backward) over implementations (sequential
 ``triton_chunk``, chunk-parallel ``triton_parallel``) and launch configurations (chunk size, warps,
-bf16 or tf32 operands, segment length for the sequential kernels) at DiG's shapes; kernel time from
+bf16 or tf32 operands, segment length, fused or split backward and register cap for the sequential
+kernels) at
+DiG's shapes; kernel time from
 CUDA-graph replays (no launch overhead). Each configuration's outputs are compared with the default
 sequential configuration's, so a fast but wrong variant shows. Prints the configuration with the best
 geometric-mean time over the shapes, as a GLADIFF_GLA_TRITON string (also written to --best).
@@ -8,6 +10,8 @@ geometric-mean time over the shapes, as a GLADIFF_GLA_TRITON string (also writte
     python benchmarks/tune_gla_triton.py [--out benchmarks/results/gla_triton_tune.json] [--best FILE]
     python benchmarks/tune_gla_triton.py --impls sequential parallel --configs 32:tf32 \
         --shapes 32,6,256 32,18,256 1,6,16384 4,6,16384
+    python benchmarks/tune_gla_triton.py --impls sequential --bwds fused split --configs 32:bf16-scores \
+        --warps 4 8 --maxnregs 0 168 128 --shapes 32,6,256 32,18,256 1,6,16384 4,6,16384
 """
 from __future__ import annotations
 
@@ -40,6 +44,10 @@ def main(argv=None):
     parser.add_argument("--segments", nargs="+", type=int, default=[0],
                         help="0 = automatic (sequential kernels only)")
     parser.add_argument("--impls", nargs="+", default=["sequential", "parallel"], choices=list(K.IMPLS))
+    parser.add_argument("--bwds", nargs="+", default=["fused"], choices=list(K.BWDS),
+                        help="backwards of the sequential kernels (one kernel, or a dq and a dk/dv/dg launch)")
+    parser.add_argument("--maxnregs", nargs="+", type=int, default=[0],
+                        help="register caps per thread for the sequential kernels (0: ptxas's choice)")
     parser.add_argument("--shapes", nargs="+", default=None, help="B,H,T triples (default: DiG's shapes)")
     args = parser.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
@@ -48,9 +56,12 @@ def main(argv=None):
         return 0
     rows = []
     pairs = [(int(c.split(":")[0]), c.split(":")[1]) for c in args.configs]
-    configs = [(impl, chunk, warps, dot, seg)
-               for impl, (chunk, dot), warps, seg in itertools.product(args.impls, pairs, args.warps, args.segments)
-               if impl == "sequential" or seg == 0]
+    # (impl, chunk, warps, dot, segment, bwd, maxnreg); the parallel kernels have no segments, bwd
+    # choice or register cap here.
+    configs = [(impl, chunk, warps, dot, seg, bwd, cap)
+               for impl, (chunk, dot), warps, seg, bwd, cap in itertools.product(
+                   args.impls, pairs, args.warps, args.segments, args.bwds, args.maxnregs)
+               if impl == "sequential" or (seg == 0 and bwd == args.bwds[0] and cap == args.maxnregs[0])]
     for B, H, T in shapes:
         q = torch.randn(B, T, H, 32, device="cuda", dtype=torch.bfloat16)
         k = torch.randn_like(q)
@@ -60,30 +71,35 @@ def main(argv=None):
         side = int(T ** 0.5)
         args_ = (q, k, v, g)
         o_ref, s0, gs = K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side)
-        ref = [o_ref, *K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side)]
-        for impl, chunk, warps, dot, seg in configs:
+        ref = [o_ref, *K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, bwd="fused")]
+        for impl, chunk, warps, dot, seg, bwd, cap in configs:
             M = P if impl == "parallel" else K
             kw = dict(chunk=chunk, num_warps=warps, dot=dot)
+            bwd_kw = {}
             if impl == "sequential":
-                kw["segment"] = seg or None
+                kw.update(segment=seg or None, maxnreg=cap)
+                bwd_kw["bwd"] = bwd
             try:
                 o, s0, gs = M.gla_fwd(*args_, 32 ** -0.5, True, True, side, side, **kw)
-                out = [o, *M.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, **kw)]
+                out = [o, *M.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, **kw, **bwd_kw)]
                 diff = max(((a.float() - r.float()).norm() / r.float().norm()).item() for a, r in zip(out, ref))
-                fwd = capture_graph(lambda: M.gla_fwd(*args_, 32 ** -0.5, True, True, side, side, **kw))
-                bwd = capture_graph(lambda: M.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, **kw))
-                fwd_ms = gpu_time_ms(fwd.replay, warmup=3, reps=20)
-                bwd_ms = gpu_time_ms(bwd.replay, warmup=3, reps=20)
+                fwd_graph = capture_graph(lambda: M.gla_fwd(*args_, 32 ** -0.5, True, True, side, side, **kw))
+                bwd_graph = capture_graph(lambda: M.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side,
+                                                            **kw, **bwd_kw))
+                fwd_ms = gpu_time_ms(fwd_graph.replay, warmup=3, reps=20)
+                bwd_ms = gpu_time_ms(bwd_graph.replay, warmup=3, reps=20)
             except Exception as err:
                 print(f"{(B, H, T)} {impl} {kw}: {type(err).__name__}: {str(err)[:200]}", flush=True)
                 continue
             # The parallel kernels have no segments: one "segment" per chunk, reported as such.
             seg_len, nseg = K.plan_segments(B * H, T, kw["segment"], chunk) if impl == "sequential" else \
                 (chunk, triton.cdiv(T, chunk))
+            bwd, cap = (bwd, cap) if impl == "sequential" else ("-", 0)
             rows.append(dict(B=B, H=H, T=T, impl=impl, chunk=chunk, warps=warps, dot=dot, segment=seg_len,
-                             nseg=nseg, auto=not seg, fwd_ms=fwd_ms, bwd_ms=bwd_ms, total_ms=fwd_ms + bwd_ms,
+                             nseg=nseg, auto=not seg, bwd=bwd, maxnreg=cap, fwd_ms=fwd_ms, bwd_ms=bwd_ms, total_ms=fwd_ms + bwd_ms,
                              rel_diff_vs_default=diff))
-            print(f"{str((B, H, T)):15} {impl:10} chunk {chunk:3d} w{warps} {dot:11} seg {seg_len:5d}x{nseg:<4d}: "
+            print(f"{str((B, H, T)):15} {impl:10} chunk {chunk:3d} w{warps} {dot:11} seg {seg_len:5d}x{nseg:<4d} "
+                  f"bwd {bwd:5} maxnreg {cap:3d}: "
                   f"fwd {fwd_ms:.3f} bwd {bwd_ms:.3f} total {fwd_ms + bwd_ms:.3f} ms  diff {diff:.1e}", flush=True)
     # Best configuration overall: geometric mean over shapes of time / best time for that shape.
     best_per_shape = {}
@@ -91,25 +107,34 @@ def main(argv=None):
         key = (r["B"], r["H"], r["T"])
         best_per_shape[key] = min(best_per_shape.get(key, math.inf), r["total_ms"])
     scores = {}
-    for impl, chunk, warps, dot, seg in configs:
-        sel = [r for r in rows if (r["impl"], r["chunk"], r["warps"], r["dot"]) == (impl, chunk, warps, dot)
+    key_of = lambda r: (r["impl"], r["chunk"], r["warps"], r["dot"], r["bwd"], r["maxnreg"])  # noqa: E731
+    for impl, chunk, warps, dot, seg, bwd, cap in configs:
+        bwd, cap = (bwd, cap) if impl == "sequential" else ("-", 0)
+        sel = [r for r in rows if key_of(r) == (impl, chunk, warps, dot, bwd, cap)
                and r["auto"] == (not seg) and r["rel_diff_vs_default"] < 2e-2]
         if len(sel) == len(best_per_shape):
-            scores[(impl, chunk, warps, dot, seg)] = math.exp(sum(math.log(r["total_ms"] / best_per_shape[(r["B"], r["H"], r["T"])])
+            scores[(impl, chunk, warps, dot, seg, bwd, cap)] = math.exp(sum(math.log(r["total_ms"] / best_per_shape[(r["B"], r["H"], r["T"])])
                                                             for r in sel) / len(sel))
     print("\nper shape, best total (fwd+bwd) kernel time:")
+    # Best per implementation, the sequential one per backward ("sequential/split").
+    label = lambda r: r["impl"] if r["impl"] == "parallel" else f"sequential/{r['bwd']}"  # noqa: E731
+    # (and per register cap where several were swept: "sequential/split/168")
+    if len(args.maxnregs) > 1:
+        label = lambda r: r["impl"] if r["impl"] == "parallel" else f"sequential/{r['bwd']}/{r['maxnreg']}"  # noqa: E731
+    labels = list(dict.fromkeys(label(r) for r in rows))
     for key, ms in best_per_shape.items():
-        per_impl = {impl: min((r["total_ms"] for r in rows if (r["B"], r["H"], r["T"]) == key and r["impl"] == impl),
-                              default=math.nan) for impl in args.impls}
+        per_impl = {name: min((r["total_ms"] for r in rows if (r["B"], r["H"], r["T"]) == key and label(r) == name),
+                              default=math.nan) for name in labels}
         print(f"  {key}: {ms:.3f} ms  (" + ", ".join(f"{i} {t:.3f}" for i, t in per_impl.items()) + ")")
     best = None
     if scores:
-        (impl, chunk, warps, dot, seg), score = min(scores.items(), key=lambda x: x[1])
-        best = f"chunk={chunk},warps={warps},dot={dot},impl={impl}"
+        (impl, chunk, warps, dot, seg, bwd, cap), score = min(scores.items(), key=lambda x: x[1])
+        best = f"chunk={chunk},warps={warps},dot={dot},impl={impl}" + (
+            f",bwd={bwd},maxnreg={cap}" if impl == "sequential" else "")
         print(f"best configuration (geometric mean {score:.3f} of per-shape best): GLADIFF_GLA_TRITON={best}")
         for key in best_per_shape:
             r = next(r for r in rows if (r["B"], r["H"], r["T"]) == key and
-                     (r["impl"], r["chunk"], r["warps"], r["dot"]) == (impl, chunk, warps, dot) and r["auto"])
+                     key_of(r) == (impl, chunk, warps, dot, bwd, cap) and r["auto"])
             print(f"  {key}: fwd {r['fwd_ms']:.3f} bwd {r['bwd_ms']:.3f} total {r['total_ms']:.3f} ms")
         if args.best:
             Path(args.best).write_text(best + "\n")

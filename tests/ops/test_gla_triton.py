@@ -1,7 +1,8 @@
 """Our Triton GLA kernels under Triton's CPU interpreter (TRITON_INTERPRET=1) against the exact
 recurrence in float64: output and every gradient, all four scan orders, odd T, several segments,
 head sizes that are not powers of two, very negative gates; plus the custom op under torch.compile.
-Skipped when Triton is not installed."""
+The gradient tests run both backwards, ``bwd="fused"`` (one kernel) and ``bwd="split"`` (a dq launch,
+then a dk/dv/dg launch). Skipped when Triton is not installed."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the kernels' import
@@ -20,41 +21,73 @@ if not K._INTERPRET:
     pytest.skip("the Triton kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
 
 
+BWDS = ["fused", "split"]
+
+
+@pytest.fixture
+def bwd_kernel_passes(monkeypatch):
+    """Records the ``(DQ_PASS, DKV_PASS)`` of every backward launch: proof of which backward ran."""
+    seen = []
+    launch = K._launch
+
+    def spy(kernel, *args, **kwargs):
+        if kernel is K._bwd_kernel:
+            seen.append((kwargs.get("DQ_PASS", True), kwargs.get("DKV_PASS", True)))
+        return launch(kernel, *args, **kwargs)
+
+    monkeypatch.setattr(K, "_launch", spy)
+    return seen
+
+
+EXPECTED_PASSES = {"fused": [(True, True)], "split": [(True, False), (False, True)]}
+
+
+@pytest.mark.parametrize("bwd", BWDS)
 @pytest.mark.parametrize("scan,reverse", ORDERS)
-def test_public_op_matches_recurrent(scan, reverse):
-    """Through gla(backend="triton"): the custom op, its autograd, odd T and padded head sizes."""
+def test_public_op_matches_recurrent(scan, reverse, bwd, monkeypatch, bwd_kernel_passes):
+    """Through gla(backend="triton"): the custom op, its autograd, odd T and padded head sizes;
+    the backward chosen by ``CONFIG["bwd"]`` (GLADIFF_GLA_TRITON=bwd=...)."""
+    monkeypatch.setitem(K.CONFIG, "bwd", bwd)
     grid = (5, 7)
     q, k, v, g, do = make_inputs(1, 35, 2, 8, 12)
     xs = [x.clone().requires_grad_(True) for x in (q, k, v, g)]
     o = gla(*xs, scan=scan, reverse=reverse, grid=grid, backend="triton")
     out = [o.detach()] + list(torch.autograd.grad(o, xs, do))
+    assert bwd_kernel_passes == EXPECTED_PASSES[bwd]
     assert_close_all(out, reference(q, k, v, g, do, 8 ** -0.5, scan, reverse, grid), 1e-5)
 
 
+@pytest.mark.parametrize("bwd", BWDS)
 @pytest.mark.parametrize("scan,reverse", [("row", True), ("col", False)])
-def test_segments_match_recurrent(scan, reverse):
-    """Several segments (state handed across segment boundaries, last segment short), forced small."""
+def test_segments_match_recurrent(scan, reverse, bwd, bwd_kernel_passes):
+    """Several segments (state handed across segment boundaries, last segment short), forced small.
+    The split dk/dv/dg pass takes each segment's end state from the next segment's saved start."""
     grid = (10, 15)
     q, k, v, g, do = make_inputs(1, 150, 1, 16, 32)
     o, s0, gs = K.gla_fwd(q, k, v, g, 0.3, scan == "col", reverse, *grid, segment=64)
     assert s0.shape[1] == 3  # 150 tokens in segments of 64
-    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.3, scan == "col", reverse, *grid, segment=64)
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.3, scan == "col", reverse, *grid, segment=64, bwd=bwd)
+    assert bwd_kernel_passes == EXPECTED_PASSES[bwd]
     assert_close_all([o, *grads], reference(q, k, v, g, do, 0.3, scan, reverse, grid), 1e-5)
 
 
-def test_very_negative_gates_stay_finite_and_exact():
+@pytest.mark.parametrize("bwd", BWDS)
+def test_very_negative_gates_stay_finite_and_exact(bwd):
     """Log-gates of hundreds below zero: any positive exponent would overflow to inf / NaN."""
     grid = (8, 12)
     q, k, v, g, do = make_inputs(1, 96, 1, 16, 16, gate_scale=200.0)
     g[:, :, :, :4] = -1e4  # some channels forget everything at every step
     o, s0, gs = K.gla_fwd(q, k, v, g, 0.25, True, True, *grid, segment=64)
-    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.25, True, True, *grid, segment=64)
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.25, True, True, *grid, segment=64, bwd=bwd)
     # float32 cumulative sums of gates near -1e4 carry ~1e-3 absolute error into the exponents.
     assert_close_all([o, *grads], reference(q, k, v, g, do, 0.25, "col", True, grid), 3e-4)
 
 
-def test_compiles_without_graph_breaks():
-    """The custom op (fake impl + autograd) lets torch.compile trace gla() in one graph."""
+@pytest.mark.parametrize("bwd", BWDS)
+def test_compiles_without_graph_breaks(bwd, monkeypatch):
+    """The custom op (fake impl + autograd) lets torch.compile trace gla() in one graph, whichever
+    backward runs behind it."""
+    monkeypatch.setitem(K.CONFIG, "bwd", bwd)
     grid = (4, 4)
     q, k, v, g, do = make_inputs(1, 16, 1, 8, 8)
     xs = [x.clone().requires_grad_(True) for x in (q, k, v, g)]
@@ -65,6 +98,25 @@ def test_compiles_without_graph_breaks():
     o = torch.compile(f, backend="aot_eager", fullgraph=True)(*xs)
     out = [o.detach() / 2] + [d / 2 for d in torch.autograd.grad(o, xs, do)]
     assert_close_all(out, reference(q, k, v, g, do, 8 ** -0.5, "col", True, grid), 1e-5)
+
+
+def test_bwd_and_register_cap_are_validated(monkeypatch):
+    monkeypatch.setattr(K, "CONFIG", dict(K.CONFIG))
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=split")
+    K._config_from_env()
+    assert K.CONFIG["bwd"] == "split"
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=both")
+    with pytest.raises(ValueError, match="bwd must be one of"):
+        K._config_from_env()
+    q, k, v, g, do = make_inputs(1, 16, 1, 8, 8)
+    o, s0, gs = K.gla_fwd(q, k, v, g, 0.5, False, False, 1, 16)
+    with pytest.raises(ValueError, match="bwd must be one of"):
+        K.gla_bwd(q, k, v, g, do, s0, gs, 0.5, False, False, 1, 16, bwd="Split")
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=fused,maxnreg=168")
+    K._config_from_env()
+    assert K.CONFIG["maxnreg"] == 168
+    with pytest.raises(ValueError, match="maxnreg must be 0"):
+        K.gla_fwd(q, k, v, g, 0.5, False, False, 1, 16, maxnreg=300)
 
 
 def test_dispatcher_rules():
@@ -81,14 +133,18 @@ def test_segment_plan_fills_the_gpu_and_covers_the_sequence():
         assert bh * nseg >= min(K.TARGET_PROGRAMS, bh * max(1, T // K.MIN_SEGMENT)) or nseg == 1
 
 
-def test_bf16_inputs_float32_gates():
-    """DiG's call: bf16 q/k/v, float32 log-gates. Outputs in bf16 precision; dg keeps float32's
-    (it is a difference of two sums that cancel, so it must not be formed from 16-bit parts)."""
+@pytest.mark.parametrize("bwd", BWDS)
+def test_bf16_inputs_float32_gates(bwd):
+    """DiG's call: bf16 q/k/v, float32 log-gates, bf16 score products (``dot="bf16-scores"``, the
+    default). Outputs in bf16 precision; dg keeps float32's (it is a difference of two sums that
+    cancel, so it must not be formed from 16-bit parts: the split backward hands q * dq from one
+    launch to the next in float32)."""
     grid = (8, 8)
     q, k, v, g, do = make_inputs(1, 64, 2, 32, 64)
     q, k, v, do = (x.bfloat16() for x in (q, k, v, do))
-    o, s0, gs = K.gla_fwd(q, k, v, g, 32 ** -0.5, False, True, *grid)
-    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 32 ** -0.5, False, True, *grid)
+    kw = dict(dot="bf16-scores", bwd=bwd)
+    o, s0, gs = K.gla_fwd(q, k, v, g, 32 ** -0.5, False, True, *grid, dot="bf16-scores")
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 32 ** -0.5, False, True, *grid, **kw)
     ref = reference(q.float(), k.float(), v.float(), g, do.float(), 32 ** -0.5, "row", True, grid)
     assert o.dtype == torch.bfloat16 and grads[3].dtype == torch.float32
     for name, a, r in zip(["o", "dq", "dk", "dv"], [o, *grads[:3]], ref[:4]):

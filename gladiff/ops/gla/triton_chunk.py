@@ -26,8 +26,13 @@ Design (why it looks the way it does):
   writing ``dq``), then backwards carrying ``dS`` (writing ``dk``, ``dv``, ``dg``). The gate
   gradient is ``dg = reverse-cumsum(q*dq - k*dk)`` along the scan; its tail beyond a segment is
   ``sum_v S_end * dS_end`` (the gradient of a log-decay applied to the segment's end state).
+* **Split backward (option).** ``bwd="split"`` runs the two phases as two launches of the same
+  kernel compiled per phase (``DQ_PASS``/``DKV_PASS``): one holds the state, the other its gradient,
+  so each keeps fewer tiles live than the fused kernel, which is register-bound. The second launch
+  reads the float32 ``q * dq`` the first wrote, and takes ``S_end`` from the next segment's saved
+  start state instead of rebuilding it.
 
-Forward launches 1 kernel (2 with segments), backward 1 (2 with segments).
+Forward launches 1 kernel (2 with segments), backward 1 (2 with segments; split: one more).
 """
 from __future__ import annotations
 
@@ -45,11 +50,17 @@ from .._triton import fix_interpreter_index
 # for the score products only, see `_settings`; float32 inputs always use exact float32 products),
 # and the implementation behind the custom ops ("sequential": this module, one program walks a
 # segment's chunks; "parallel": `triton_parallel`, fully parallel over chunks with a separate state
-# scan). GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16,impl=parallel" overrides it.
+# scan), and the sequential implementation's backward ("fused": one kernel walks each segment
+# forwards for dq, then backwards for dk/dv/dg; "split": the two walks as two lighter launches).
+# GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16,impl=parallel,bwd=split" overrides it.
 # The default is the fastest configuration of the H200 sweep that passes the bf16 GPU check
-# (benchmarks/results/gla_triton_tune_H200_parallel.json, gla_gpu_check_H200_bf16scores.json).
-CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential")
+# (benchmarks/results/gla_triton_tune_H200_parallel.json, gla_gpu_check_H200_bf16scores.json);
+# "split" is not timed yet. maxnreg: a cap on registers per thread for every launch (ptxas spills
+# above it; 0: ptxas's choice), so that more programs share a multiprocessor (65536 registers: at 4
+# warps <= 168 fits 3 programs, <= 128 fits 4); not timed yet either.
+CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential", bwd="fused", maxnreg=0)
 IMPLS = ("sequential", "parallel")
+BWDS = ("fused", "split")
 
 
 def _config_from_env():
@@ -57,10 +68,22 @@ def _config_from_env():
         key, _, value = item.partition("=")
         if key not in CONFIG:
             raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
-        CONFIG[key] = value if key in ("dot", "impl") else int(value)
+        CONFIG[key] = value if key in ("dot", "impl", "bwd") else int(value)
     _check_config(CONFIG["chunk"], CONFIG["dot"])
     if CONFIG["impl"] not in IMPLS:
         raise ValueError(f"GLADIFF_GLA_TRITON: impl must be one of {IMPLS}, got {CONFIG['impl']!r}")
+    _check_bwd(CONFIG["bwd"])
+    _check_maxnreg(CONFIG["maxnreg"])
+
+
+def _check_maxnreg(maxnreg):
+    if maxnreg != 0 and not 32 <= maxnreg <= 255:
+        raise ValueError(f"GLA Triton configuration: maxnreg must be 0 (no cap) or 32..255, got {maxnreg}")
+
+
+def _check_bwd(bwd):
+    if bwd not in BWDS:
+        raise ValueError(f"GLA Triton configuration: bwd must be one of {BWDS}, got {bwd!r}")
 
 
 DOTS = ("tf32", "bf16", "bf16-scores")
@@ -111,6 +134,21 @@ def _raster(pos, T, grid_h, grid_w, COL, REVERSE):
     if COL:
         pos = (pos % grid_h) * grid_w + pos // grid_h
     return pos.to(tl.int64)
+
+
+@triton.jit
+def _chunk_rows(pos, T, grid_h, grid_w, COL, REVERSE):
+    """Raster rows (int64) of scan positions ``pos`` (one chunk) and the mask of those inside the sequence."""
+    mt = pos < T
+    return _raster(pos, T, grid_h, grid_w, COL, REVERSE), mt
+
+
+@triton.jit
+def _advance_state(S, k, v, b, b_last, PREC: tl.constexpr):
+    """The state after one chunk: ``S exp(b_L) + sum_s (k_s exp(b_L - b_s))^T v_s`` (``b``: the chunk's
+    cumulative log-gates ``[BT, BK]``, ``b_last``: their last row; both exponents <= 0)."""
+    kd = k * tl.exp(b_last[None, :] - b)
+    return S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
 
 
 @triton.jit
@@ -233,16 +271,13 @@ def _segment_state_kernel(
     gsum = tl.zeros([BK], dtype=tl.float32)
     t0 = j * SEG
     for c in range(0, n_chunks):
-        pos = t0 + c * BT + offs_t
-        mt = pos < T
-        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
         v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
         g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        kd = k * tl.exp(b_last[None, :] - b)
-        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
+        S = _advance_state(S, k, v, b, b_last, PREC)
         gsum += b_last
     st = (bh * NSEG + j).to(tl.int64)
     tl.store(U + st * BK * BV + offs_k[:, None] * BV + offs_v[None, :], S)
@@ -286,9 +321,7 @@ def _fwd_kernel(
 
     t0 = j * SEG
     for c in range(0, n_chunks):
-        pos = t0 + c * BT + offs_t
-        mt = pos < T
-        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
         k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
         v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
@@ -298,8 +331,7 @@ def _fwd_kernel(
         A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, APREC)  # [t, s]
         o = _mm(A, v, APREC) + _mm(q * tl.exp(b), S, SPREC)
         _store_rows(o_base, rows, sot, offs_v, mt, mv, o)
-        kd = k * tl.exp(b_last[None, :] - b)
-        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
+        S = _advance_state(S, k, v, b, b_last, PREC)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -329,9 +361,7 @@ def _segment_dstate_kernel(
     b_off = tl.zeros([BK], dtype=tl.float32)
     t0 = j * SEG
     for c in range(0, n_chunks):
-        pos = t0 + c * BT + offs_t
-        mt = pos < T
-        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
+        rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         q = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
         g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
         do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
@@ -350,10 +380,17 @@ def _bwd_kernel(
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
     LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr,
+    DQ_PASS: tl.constexpr = True, DKV_PASS: tl.constexpr = True,
 ):
     """Gradients of segment j for one (batch, head). ``DQ, DK_, DV_, DG`` are contiguous like
     their inputs' shapes, so they share the strides of ``Q``/``V`` rebuilt as contiguous:
-    dq/dk/dg use ``[T, H, DK]`` strides, dv ``[T, H, DV]``."""
+    dq/dk/dg use ``[T, H, DK]`` strides, dv ``[T, H, DV]``.
+
+    ``DQ_PASS`` (phase A: dq and the float32 ``q * dq`` into ``DG``) and ``DKV_PASS`` (phase B: dk,
+    dv, dg, reading that ``q * dq``) select the phases; both: the fused backward, one launch. The
+    split backward launches the kernel twice, ``(True, False)`` then ``(False, True)``: each compiled
+    variant keeps only its phase's tiles live (the state ``S`` or its gradient ``dS``, not both), so
+    it needs fewer registers, at the cost of a second pass over the inputs."""
     j = tl.program_id(0)
     bh = tl.program_id(1)
     n_chunks = _n_chunks(T, j * SEG, SEG, BT)
@@ -382,71 +419,83 @@ def _bwd_kernel(
     causal = offs_t[:, None] >= offs_t[None, :]
     t0 = j * SEG
 
-    # Phase A: forwards through the segment, rebuilding the state; dq needs only the past.
-    if MULTI_SEG:
-        S = tl.load(S0 + (bh * NSEG + j).to(tl.int64) * BK * BV + state_offs)
+    if DQ_PASS:
+        # Phase A: forwards through the segment, rebuilding the state; dq needs only the past.
+        if MULTI_SEG:
+            S = tl.load(S0 + (bh * NSEG + j).to(tl.int64) * BK * BV + state_offs)
+        else:
+            S = tl.zeros([BK, BV], dtype=tl.float32)
+        for c in range(0, n_chunks):
+            rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
+            k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
+            v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
+            g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+            do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
+            b = tl.cumsum(g, axis=0)
+            b_last = tl.sum(g, axis=0)
+            P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)  # do_t . v_s
+            dq = _intra_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC)
+            dq += tl.exp(b) * _mm(do, tl.trans(S), SPREC)
+            dq = dq * scale
+            _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq)
+            # q * dq, the query half of dg's summand, kept in float32 (in dg's buffer) for phase B:
+            # re-reading a 16-bit dq there would cost dg its precision (q dq - k dk cancels).
+            q_raw = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
+            _store_rows(dg_base, rows, sdk, offs_k, mt, mk, q_raw * dq)
+            S = _advance_state(S, k, v, b, b_last, PREC)
+    elif MULTI_SEG:
+        # Without phase A the state at the segment end is the saved start state of the next
+        # segment (the last segment has none; its end-state gradient is zero, so r is too).
+        S = tl.load(S0 + (bh * NSEG + j + 1).to(tl.int64) * BK * BV + state_offs, mask=j + 1 < NSEG, other=0.0)
     else:
         S = tl.zeros([BK, BV], dtype=tl.float32)
-    for c in range(0, n_chunks):
-        pos = t0 + c * BT + offs_t
-        mt = pos < T
-        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
-        k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
-        v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
-        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
-        do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
-        b = tl.cumsum(g, axis=0)
-        b_last = tl.sum(g, axis=0)
-        P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)  # do_t . v_s
-        dq = _intra_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC)
-        dq += tl.exp(b) * _mm(do, tl.trans(S), SPREC)
-        dq = dq * scale
-        _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq)
-        # q * dq, the query half of dg's summand, kept in float32 (in dg's buffer) for phase B:
-        # re-reading a 16-bit dq there would cost dg its precision (q dq - k dk cancels).
-        q_raw = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
-        _store_rows(dg_base, rows, sdk, offs_k, mt, mk, q_raw * dq)
-        kd = k * tl.exp(b_last[None, :] - b)
-        S = S * tl.exp(b_last)[:, None] + _mm(tl.trans(kd), v, PREC)
 
-    # Gradient on the state at the segment end, from the later segments.
-    dS = tl.zeros([BK, BV], dtype=tl.float32)
-    if MULTI_SEG:
-        for it in range(0, NSEG - 1 - j):
-            st = (bh * NSEG + NSEG - 1 - it).to(tl.int64)
-            dS = dS * tl.exp(tl.load(GS + st * BK + offs_k))[:, None] + tl.load(DU + st * BK * BV + state_offs)
-    # dg beyond the segment: sum over later tokens of (q dq - k dk) = <S_end, dS_end> per key channel.
-    r = tl.sum(S * dS, axis=1)
-    # Phase B re-reads q * dq written above by other threads of this program.
-    tl.debug_barrier()
+    if DKV_PASS:
+        # Gradient on the state at the segment end, from the later segments.
+        dS = tl.zeros([BK, BV], dtype=tl.float32)
+        if MULTI_SEG:
+            for it in range(0, NSEG - 1 - j):
+                st = (bh * NSEG + NSEG - 1 - it).to(tl.int64)
+                dS = dS * tl.exp(tl.load(GS + st * BK + offs_k))[:, None] + tl.load(DU + st * BK * BV + state_offs)
+        # dg beyond the segment: sum over later tokens of (q dq - k dk) = <S_end, dS_end> per key channel.
+        r = tl.sum(S * dS, axis=1)
+        if DQ_PASS:
+            # Phase B re-reads q * dq written above by other threads of this program (split: by the
+            # previous launch, which has finished).
+            tl.debug_barrier()
 
-    # Phase B: backwards through the segment, carrying dS.
-    for it in range(0, n_chunks):
-        c = n_chunks - 1 - it
-        pos = t0 + c * BT + offs_t
-        mt = pos < T
-        rows = _raster(pos, T, grid_h, grid_w, COL, REVERSE)
-        q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
-        k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
-        v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
-        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
-        do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
-        q_dq = _load_rows(dg_base, rows, sdk, offs_k, mt, mk)
-        b = tl.cumsum(g, axis=0)
-        b_last = tl.sum(g, axis=0)
-        P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)
-        A, dk = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
-        decay_k = tl.exp(b_last[None, :] - b)
-        dk += decay_k * _mm(v, tl.trans(dS), SPREC)
-        dv = _mm(tl.trans(A), do, APREC)
-        dv += _mm(k * decay_k, dS, SPREC)
-        x = q_dq - k * dk
-        dg = tl.cumsum(x, axis=0, reverse=True) + r[None, :]
-        r += tl.sum(x, axis=0)
-        dS = dS * tl.exp(b_last)[:, None] + _mm(tl.trans(q * tl.exp(b)), do, PREC)
-        _store_rows(dk_base, rows, sdk, offs_k, mt, mk, dk)
-        _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)
-        _store_rows(dg_base, rows, sdk, offs_k, mt, mk, dg)
+        # Phase B: backwards through the segment, carrying dS.
+        for it in range(0, n_chunks):
+            c = n_chunks - 1 - it
+            rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
+            q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
+            k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
+            v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
+            g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+            do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
+            if DQ_PASS:  # the fused kernel as timed on the H200: q * dq loaded with the inputs
+                x = _load_rows(dg_base, rows, sdk, offs_k, mt, mk)
+            b = tl.cumsum(g, axis=0)
+            b_last = tl.sum(g, axis=0)
+            P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)
+            A, dk = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
+            decay_k = tl.exp(b_last[None, :] - b)
+            dk += decay_k * _mm(v, tl.trans(dS), SPREC)
+            dv = _mm(tl.trans(A), do, APREC)
+            dv += _mm(k * decay_k, dS, SPREC)
+            if DQ_PASS:
+                x = x - k * dk  # q dq - k dk
+            else:
+                # The split pass loads q * dq where it is used: Triton keeps program order, and
+                # loaded with the other inputs this tile stays live through the tree products
+                # (ptxas, 4 warps: spills 436 -> 268 B; the fused kernel: 476 -> 248 B, untimed).
+                x = _load_rows(dg_base, rows, sdk, offs_k, mt, mk) - k * dk
+            dg = tl.cumsum(x, axis=0, reverse=True) + r[None, :]
+            r += tl.sum(x, axis=0)
+            dS = dS * tl.exp(b_last)[:, None] + _mm(tl.trans(q * tl.exp(b)), do, PREC)
+            _store_rows(dk_base, rows, sdk, offs_k, mt, mk, dk)
+            _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)
+            _store_rows(dg_base, rows, sdk, offs_k, mt, mk, dg)
 
 
 def _launch(kernel, nseg: int, bh: int, *args, **kwargs):
@@ -460,7 +509,7 @@ if _INTERPRET:
     fix_interpreter_index()
 
 
-def _settings(q, v, chunk, num_warps, num_stages, dot):
+def _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg=None):
     """Compile-time constants and launch options for one call (``None`` -> ``CONFIG``)."""
     dk, dv = q.shape[-1], v.shape[-1]
     chunk = chunk or CONFIG["chunk"]
@@ -478,6 +527,10 @@ def _settings(q, v, chunk, num_warps, num_stages, dot):
     meta = dict(DK=dk, DV=dv, BK=max(16, triton.next_power_of_2(dk)), BV=max(16, triton.next_power_of_2(dv)),
                 BT=chunk, PREC=prec)
     launch = dict(num_warps=num_warps or CONFIG["warps"], num_stages=num_stages or CONFIG["stages"])
+    maxnreg = CONFIG["maxnreg"] if maxnreg is None else maxnreg
+    _check_maxnreg(maxnreg)
+    if maxnreg:
+        launch["maxnreg"] = maxnreg
     main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32", APREC=aprec)
     return chunk, meta, launch, main
 
@@ -497,13 +550,13 @@ def _strides(x):
 
 def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
             segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
-            num_stages: int | None = None, dot: str | None = None):
+            num_stages: int | None = None, dot: str | None = None, maxnreg: int | None = None):
     """Forward. ``q, k, g: [B, T, H, dk]``, ``v: [B, T, H, dv]`` (last dim contiguous) ->
     ``(o [B, T, H, dv] in v's dtype, segment-start states, segment log-decays)``. The keyword
     arguments override ``CONFIG`` (tuning); backward must be called with the same ones."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg)
     seg, nseg = plan_segments(B * H, T, segment, chunk)
     o = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
     s0_shape, gs_shape = state_shapes(B, T, H, dk, dv, segment, chunk)
@@ -528,11 +581,17 @@ def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int
 
 def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
             segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
-            num_stages: int | None = None, dot: str | None = None):
-    """Backward: ``(dq, dk, dv, dg)``, contiguous, in the dtypes of ``q, k, v, g``."""
+            num_stages: int | None = None, dot: str | None = None, bwd: str | None = None,
+            maxnreg: int | None = None):
+    """Backward: ``(dq, dk, dv, dg)``, contiguous, in the dtypes of ``q, k, v, g``. ``bwd`` (default
+    ``CONFIG["bwd"]``): "fused" (one launch) or "split" (a dq launch, then a dk/dv/dg launch); the same
+    gradients either way (up to float32 rounding: split takes each segment's end state from the saved
+    start states instead of rebuilding it), from the same saved tensors."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg)
+    bwd = bwd or CONFIG["bwd"]
+    _check_bwd(bwd)
     seg, nseg = plan_segments(B * H, T, segment, chunk)
     if do.stride(-1) != 1:
         do = do.contiguous()
@@ -550,8 +609,14 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
     else:
         # One segment: the state buffers are compiled out; any valid pointer stands in.
         s0 = du = gs = dq
-    _launch(_bwd_kernel, nseg, B * H,
-            q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do),
-            T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **main, **meta, **launch)
+    # Split: the dq pass writes dq and q * dq (float32, in dg's buffer); the dk/dv/dg pass, launched
+    # after it on the same stream, reads that q * dq back. Fused: both passes in one launch.
+    passes = ([dict(DQ_PASS=True, DKV_PASS=False), dict(DQ_PASS=False, DKV_PASS=True)] if bwd == "split"
+              else [dict(DQ_PASS=True, DKV_PASS=True)])
+    for phase in passes:
+        _launch(_bwd_kernel, nseg, B * H,
+                q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs,
+                *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do),
+                T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **phase, **main, **meta,
+                **launch)
     return dq, dk_, dv_, dg.to(g.dtype)

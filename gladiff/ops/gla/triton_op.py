@@ -9,7 +9,9 @@ imports it only when the ``"triton"`` backend is used.
 Two implementations stand behind the ops: ``"sequential"`` (``triton_chunk``) and ``"parallel"``
 (``triton_parallel``), chosen by ``triton_chunk.CONFIG["impl"]`` (``GLADIFF_GLA_TRITON="impl=parallel"``)
 when ``gla_triton`` is called; the choice travels with the op as an argument, so backward uses the
-forward's implementation and the fake impls give that implementation's saved-tensor shapes.
+forward's implementation and the fake impls give that implementation's saved-tensor shapes. The
+sequential implementation's backward variant (``CONFIG["bwd"]``, fused or split) is read when the
+backward runs; both use the same saved tensors, so the ops and their fake impls do not depend on it.
 """
 from __future__ import annotations
 
