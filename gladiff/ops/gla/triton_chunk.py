@@ -137,6 +137,19 @@ def _raster(pos, T, grid_h, grid_w, COL, REVERSE):
 
 
 @triton.jit
+def _head_tiles(bh, H, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                BV: tl.constexpr):
+    """Batch and head of sequence ``bh``, the token / key / value offsets of a tile and the masks of
+    the key and value columns that exist (head sizes are padded to powers of two)."""
+    b_idx = bh // H
+    h_idx = bh % H
+    offs_t = tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    offs_v = tl.arange(0, BV)
+    return b_idx, h_idx, offs_t, offs_k, offs_v, offs_k < DK, offs_v < DV
+
+
+@triton.jit
 def _chunk_rows(pos, T, grid_h, grid_w, COL, REVERSE):
     """Raster rows (int64) of scan positions ``pos`` (one chunk) and the mask of those inside the sequence."""
     mt = pos < T
@@ -257,13 +270,7 @@ def _segment_state_kernel(
     j = tl.program_id(0)
     bh = tl.program_id(1)
     n_chunks = _n_chunks(T, j * SEG, SEG, BT)
-    b_idx = bh // H
-    h_idx = bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = tl.arange(0, BV)
-    mk = offs_k < DK
-    mv = offs_v < DV
+    b_idx, h_idx, offs_t, offs_k, offs_v, mk, mv = _head_tiles(bh, H, DK, DV, BT, BK, BV)
     k_base = K + b_idx * skb + h_idx * skh
     v_base = V + b_idx * svb + h_idx * svh
     g_base = G + b_idx * sgb + h_idx * sgh
@@ -297,13 +304,7 @@ def _fwd_kernel(
     j = tl.program_id(0)
     bh = tl.program_id(1)
     n_chunks = _n_chunks(T, j * SEG, SEG, BT)
-    b_idx = bh // H
-    h_idx = bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = tl.arange(0, BV)
-    mk = offs_k < DK
-    mv = offs_v < DV
+    b_idx, h_idx, offs_t, offs_k, offs_v, mk, mv = _head_tiles(bh, H, DK, DV, BT, BK, BV)
     q_base = Q + b_idx * sqb + h_idx * sqh
     k_base = K + b_idx * skb + h_idx * skh
     v_base = V + b_idx * svb + h_idx * svh
@@ -347,13 +348,7 @@ def _segment_dstate_kernel(
     j = tl.program_id(0)
     bh = tl.program_id(1)
     n_chunks = _n_chunks(T, j * SEG, SEG, BT)
-    b_idx = bh // H
-    h_idx = bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = tl.arange(0, BV)
-    mk = offs_k < DK
-    mv = offs_v < DV
+    b_idx, h_idx, offs_t, offs_k, offs_v, mk, mv = _head_tiles(bh, H, DK, DV, BT, BK, BV)
     q_base = Q + b_idx * sqb + h_idx * sqh
     g_base = G + b_idx * sgb + h_idx * sgh
     do_base = DO + b_idx * sdb + h_idx * sdh
@@ -394,13 +389,7 @@ def _bwd_kernel(
     j = tl.program_id(0)
     bh = tl.program_id(1)
     n_chunks = _n_chunks(T, j * SEG, SEG, BT)
-    b_idx = bh // H
-    h_idx = bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = tl.arange(0, BV)
-    mk = offs_k < DK
-    mv = offs_v < DV
+    b_idx, h_idx, offs_t, offs_k, offs_v, mk, mv = _head_tiles(bh, H, DK, DV, BT, BK, BV)
     q_base = Q + b_idx * sqb + h_idx * sqh
     k_base = K + b_idx * skb + h_idx * skh
     v_base = V + b_idx * svb + h_idx * svh

@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import (_RUNTIME_INTS, _intra_dq, _intra_scores, _intra_scores_dk, _load_rows, _mm,
+from .triton_chunk import (_RUNTIME_INTS, _head_tiles, _intra_dq, _intra_scores, _intra_scores_dk, _load_rows, _mm,
                            _raster, _settings, _store_rows, _strides)
 
 # Chunks per step of the state scan (a power of two >= 16: it is a matmul dimension).
@@ -102,13 +102,7 @@ def _chunk_state_kernel(
     with ``WITH_GRAD`` also ``ST[1, bh, c] = dU_c = scale * (q exp(b))^T do``."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
-    b_idx = bh // H
-    h_idx = bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = tl.arange(0, BV)
-    mk = offs_k < DK
-    mv = offs_v < DV
+    b_idx, h_idx, offs_t, offs_k, offs_v, mk, mv = _head_tiles(bh, H, DK, DV, BT, BK, BV)
     rows, mt = _chunk_tokens(c, T, grid_h, grid_w, COL, REVERSE, BT)
     k = _load_rows(K + b_idx * skb + h_idx * skh, rows, skt, offs_k, mt, mk)
     v = _load_rows(V + b_idx * svb + h_idx * svh, rows, svt, offs_v, mt, mv)
@@ -178,13 +172,7 @@ def _output_kernel(
     """Outputs of chunk c for one (batch, head): intra-chunk part plus the start state's part."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
-    b_idx = bh // H
-    h_idx = bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = tl.arange(0, BV)
-    mk = offs_k < DK
-    mv = offs_v < DV
+    b_idx, h_idx, offs_t, offs_k, offs_v, mk, mv = _head_tiles(bh, H, DK, DV, BT, BK, BV)
     rows, mt = _chunk_tokens(c, T, grid_h, grid_w, COL, REVERSE, BT)
     q = _load_rows(Q + b_idx * sqb + h_idx * sqh, rows, sqt, offs_k, mt, mk) * scale
     k = _load_rows(K + b_idx * skb + h_idx * skh, rows, skt, offs_k, mt, mk)
@@ -212,13 +200,7 @@ def _grad_kernel(
     contiguous ``[B, T, H, d]``."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
-    b_idx = bh // H
-    h_idx = bh % H
-    offs_t = tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
-    offs_v = tl.arange(0, BV)
-    mk = offs_k < DK
-    mv = offs_v < DV
+    b_idx, h_idx, offs_t, offs_k, offs_v, mk, mv = _head_tiles(bh, H, DK, DV, BT, BK, BV)
     rows, mt = _chunk_tokens(c, T, grid_h, grid_w, COL, REVERSE, BT)
     q = _load_rows(Q + b_idx * sqb + h_idx * sqh, rows, sqt, offs_k, mt, mk) * scale
     k = _load_rows(K + b_idx * skb + h_idx * skh, rows, skt, offs_k, mt, mk)
