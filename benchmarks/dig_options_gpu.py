@@ -3,9 +3,10 @@
     python benchmarks/dig_options_gpu.py --size XL/2 --res 256 --batch 32 --out DIR
 
 Variants (each a whole training step under ``--mode``, default compile+graph, the best mode):
-``all`` (the defaults), then each option turned off alone: ``fuse_projections`` (one GEMM for
-q/k/v/g/gate), ``recompute_elementwise`` (gate, gated norm and SwiGLU regions recomputed in
-backward), ``dwconv_backend=torch`` (PyTorch's conv instead of our Triton kernel). It also lists
+``all`` (both model options on: ``fuse_projections``, one GEMM for q/k/v/g/gate, off by default;
+``recompute_elementwise``, gate, gated norm and SwiGLU regions recomputed in backward), then each
+turned off alone (``no_fuse_projections`` is the default model), and ``dwconv_triton`` (our Triton
+conv instead of the default cuDNN one, with both options on). It also lists
 what autograd keeps for one compiled block (``--saved``): shapes, dtypes and sizes in units of
 ``B*T*D`` bf16 values, the number the activation memory scales with. Writes
 ``DIR/dig_options_<card>_<size>_<res>_b<batch>.json`` with the card, versions and command.
@@ -23,14 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gladiff.bench.common import environment, no_gpu_message, write_json  # noqa: E402
 from gladiff.bench.model import MODES, _Case, _measure  # noqa: E402
 
-VARIANTS = ("all", "no_fuse_projections", "no_recompute_elementwise", "dwconv_torch")
+VARIANTS = ("all", "no_fuse_projections", "no_recompute_elementwise", "dwconv_triton")
 
 
 def configure(model, variant: str) -> None:
     for block in model.blocks:
         block.attn.fuse_projections = variant != "no_fuse_projections"
         block.attn.recompute_elementwise = block.mlp.recompute_elementwise = variant != "no_recompute_elementwise"
-    model.set_dwconv_backend("torch" if variant == "dwconv_torch" else "auto")
+    model.set_dwconv_backend("triton" if variant == "dwconv_triton" else "auto")
 
 
 def saved_by_one_block(case: _Case, variant: str) -> dict:

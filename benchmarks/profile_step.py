@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gladiff.bench.common import environment  # noqa: E402
 from gladiff.bench.model import _Case  # noqa: E402
+from gladiff.ops.dwconv import BACKENDS as DWCONV_BACKENDS  # noqa: E402
 
 CATEGORIES = [  # first match wins, on the lower-cased kernel name
     ("gla", ("_fwd_kernel", "_bwd_kernel", "_segment_state", "_segment_dstate")),
@@ -40,7 +41,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--compile", action="store_true", help="profile the torch.compile'd model (DiG/DiT's best mode)")
-    p.add_argument("--dwconv-backend", default="auto", choices=["auto", "torch", "triton"],
+    p.add_argument("--dwconv-backend", default="auto", choices=DWCONV_BACKENDS,
                    help="DiG's depth-wise conv (auto = torch: cuDNN on channels-last, measured faster; "
                         "triton: our kernels)")
     p.add_argument("--out", default=None)

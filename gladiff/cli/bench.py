@@ -6,6 +6,7 @@ import argparse
 import time
 
 from ..bench.common import environment, no_gpu_message, write_json
+from ..ops.dwconv import BACKENDS as DWCONV_BACKENDS
 
 
 def register(subparsers) -> None:
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
                         "the Triton kernels' implementation)")
     p.add_argument("--op-shapes", nargs="+", default=None, metavar="B,H,T",
                    help="--op: (batch, heads, tokens) shapes (default 32,6,256 1,6,16384 4,6,16384)")
-    p.add_argument("--dwconv-backend", default="auto", choices=["auto", "torch", "triton"],
+    p.add_argument("--dwconv-backend", default="auto", choices=DWCONV_BACKENDS,
                    help="DiG's depth-wise conv (auto = torch: cuDNN on channels-last, measured faster; "
                         "triton: our kernels)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<kind>_<card>_<time>.json)")
