@@ -13,6 +13,17 @@ from pathlib import Path
 import torch
 
 
+def command_line() -> str:
+    """This process's command line as typed: ``python -m gladiff ...`` for the module entry point
+    (whose ``sys.argv[0]`` is the path of ``gladiff/__main__.py``), else the script's name and arguments."""
+    head = sys.argv[0]
+    if os.path.basename(head) == "__main__.py" and os.path.basename(os.path.dirname(head)) == "gladiff":
+        head = "python -m gladiff"
+    else:
+        head = os.path.basename(head)
+    return " ".join([head] + sys.argv[1:])
+
+
 def environment() -> dict:
     """Card, library versions and the command line, stored with every number."""
     def version(name):
@@ -23,7 +34,7 @@ def environment() -> dict:
 
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "command": command_line(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": version("triton"),

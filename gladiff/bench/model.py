@@ -4,7 +4,8 @@ For each size (S/2, XL/2), resolution (latent = res / 8) and batch (``max(1, 32 
 any fixed batch), both families run under every execution mode asked for, and the best mode counts:
 
 * ``eager``: plain PyTorch;
-* ``compile``: ``torch.compile(model)`` (default mode), the optimizer step eager;
+* ``compile``: ``torch.compile`` (default mode) over the whole model or block by block
+  (``compile_scope``, see ``gladiff.models.compiled``), the optimizer step eager;
 * ``graph``: the whole step (forward, loss, backward, fused AdamW step) captured in one CUDA graph;
 * ``compile+graph``: the compiled model, and the whole step around it captured in one CUDA graph.
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..models import create_model
+from ..models import COMPILE_SCOPES, compile_model, create_model, uncompile_blocks
 from ..models.flops import count_macs
 from .common import gpu_time_ms, matmul_tflops
 
@@ -76,7 +77,7 @@ class _Case:
             model(self.x, self.t, self.y)
 
 
-def _measure(case: _Case, work: str, mode: str, reps: int) -> dict:
+def _measure(case: _Case, work: str, mode: str, reps: int, compile_scope: str = "model") -> dict:
     model = case.model
     if work == "train":
         model.train()
@@ -84,7 +85,15 @@ def _measure(case: _Case, work: str, mode: str, reps: int) -> dict:
                                      capturable=mode in ("graph", "compile+graph"))
     else:
         model.eval()
-    run_model = torch.compile(model) if mode in ("compile", "compile+graph") else model
+    compiled = mode in ("compile", "compile+graph")
+    try:
+        return _measure_with(case, work, mode, reps, compile_model(model, compile_scope) if compiled else model)
+    finally:
+        if compiled and compile_scope == "blocks":
+            uncompile_blocks(model)  # the next mode measures the eager blocks again
+
+
+def _measure_with(case: _Case, work: str, mode: str, reps: int, run_model) -> dict:
     step = (lambda: case.train_step(run_model)) if work == "train" else (lambda: case.sample_step(run_model))
     if work == "train":
         def once():
@@ -126,7 +135,7 @@ def _linear_flops(family: str, size: str, res: int, batch: int, work: str) -> fl
 
 def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), work=("train", "sample"),
                     modes=None, dit_attn=("flash", "cudnn"), reps=10, gla_backend="auto", dwconv_backend="auto",
-                    max_minutes: float | None = None, on_row=None) -> dict:
+                    compile_scope: str = "model", max_minutes: float | None = None, on_row=None) -> dict:
     """Returns ``{"matmul_tflops", "rows", "summary"}``; ``rows`` has one entry per measurement,
     ``summary`` the best mode per (size, res, batch, work, family) and the DiG/DiT ratios.
     ``on_row(result)`` is called after every measurement (e.g. to save partial results)."""
@@ -135,6 +144,8 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
     for m in modes:
         if m not in MODES:
             raise ValueError(f"unknown mode {m!r}; choose from {MODES}")
+    if compile_scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
     for r in resolutions:
         if r % 16:
             raise ValueError(f"resolution {r} must be a multiple of 16 (latent res/8 with patch 2)")
@@ -148,7 +159,8 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
                 for w in work:
                     jobs.append((size, res, batch, w))
     rows = []
-    result = dict(matmul_tflops=ceiling, rows=rows, summary=[], dwconv_backend=dwconv_backend)
+    result = dict(matmul_tflops=ceiling, rows=rows, summary=[], dwconv_backend=dwconv_backend,
+                  compile_scope=compile_scope)
     start = time.time()
     for size, res, batch, w in tqdm(jobs, desc="model bench"):
         flops = _linear_flops("DiG", size, res, batch, w), _linear_flops("DiT", size, res, batch, w)
@@ -163,7 +175,7 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
                         row = dict(family=family, size=size, res=res, batch=batch, work=w, mode=mode,
                                    attn=attn)
                         try:
-                            row.update(_measure(case, w, mode, reps))
+                            row.update(_measure(case, w, mode, reps, compile_scope))
                             row["img_s"] = batch / row["ms"] * 1e3
                             row["linear_tflops"] = lin / row["ms"] / 1e9
                         except torch.cuda.OutOfMemoryError:

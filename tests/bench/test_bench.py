@@ -1,6 +1,7 @@
 """The benchmark harness on a CPU: protocol arithmetic, result summaries, plots, and the clean exit
 without a GPU. (The measurements themselves need a GPU; their results live in benchmarks/results/.)"""
 import json
+import sys
 
 import pytest
 import torch
@@ -66,3 +67,12 @@ def test_environment_and_json(tmp_path):
     assert env["torch"] == torch.__version__ and "command" in env and "gla_triton_config" in env
     path = common.write_json(tmp_path / "r" / "x.json", dict(env, value=1.5))
     assert json.loads(path.read_text())["value"] == 1.5
+
+
+def test_command_line_names_the_module_entry_point(monkeypatch):
+    import gladiff.__main__ as entry
+
+    monkeypatch.setattr(sys, "argv", [entry.__file__, "bench", "--op"])
+    assert common.command_line() == "python -m gladiff bench --op"
+    monkeypatch.setattr(sys, "argv", ["/x/benchmarks/profile_step.py", "--compile"])
+    assert common.command_line() == "profile_step.py --compile"
