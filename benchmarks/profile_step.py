@@ -2,7 +2,8 @@
 compiled with ``--compile``), kernels grouped into categories (GEMM, GLA kernels, attention, conv,
 norms / elementwise, optimizer, copies).
 
-    python benchmarks/profile_step.py --model DiG-XL/2 --res 256 --batch 32 [--compile] [--dwconv-backend torch]
+    python benchmarks/profile_step.py --model DiG-XL/2 --res 256 --batch 32 [--compile [--compile-scope blocks]]
+        [--dwconv-backend torch]
         [--out FILE.json]
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gladiff.bench.common import environment  # noqa: E402
 from gladiff.bench.model import _Case  # noqa: E402
+from gladiff.models.compiled import COMPILE_SCOPES, compile_model  # noqa: E402
 from gladiff.ops.dwconv import BACKENDS as DWCONV_BACKENDS  # noqa: E402
 
 CATEGORIES = [  # first match wins, on the lower-cased kernel name
@@ -41,6 +43,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--compile", action="store_true", help="profile the torch.compile'd model (DiG/DiT's best mode)")
+    p.add_argument("--compile-scope", default="model", choices=COMPILE_SCOPES,
+                   help="with --compile: the whole model or each block (regional compilation)")
     p.add_argument("--dwconv-backend", default="auto", choices=DWCONV_BACKENDS,
                    help="DiG's depth-wise conv (auto = torch: cuDNN on channels-last, measured faster; "
                         "triton: our kernels)")
@@ -52,7 +56,7 @@ def main(argv=None):
     family, size = args.model.split("-", 1)
     case = _Case(family, size, args.res, args.batch, args.attn, "auto", args.dwconv_backend)
     case.opt = torch.optim.AdamW(case.model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
-    model = torch.compile(case.model) if args.compile else case.model
+    model = compile_model(case.model, args.compile_scope) if args.compile else case.model
     for _ in range(3):
         case.opt.zero_grad(set_to_none=True)
         case.train_step(model)
@@ -83,7 +87,7 @@ def main(argv=None):
         print(f"  {ms:8.3f} ms x{n // args.steps:4d}  {name[:110]}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(environment(), model=args.model, res=args.res, batch=args.batch,
-                                                  compiled=args.compile, dwconv_backend=args.dwconv_backend,
+                                                  compiled=args.compile and args.compile_scope, dwconv_backend=args.dwconv_backend,
                                                   busy_ms=total, categories=cats,
                                                   top=[dict(name=n, ms=m, calls=c // args.steps)
                                                        for n, (m, c) in top]), indent=1))

@@ -4,8 +4,9 @@ For each size (S/2, XL/2), resolution (latent = res / 8) and batch (``max(1, 32 
 any fixed batch), both families run under every execution mode asked for, and the best mode counts:
 
 * ``eager``: plain PyTorch;
-* ``compile``: ``torch.compile`` (default mode) over the whole model or block by block
-  (``compile_scope``, see ``gladiff.models.compiled``), the optimizer step eager;
+* ``compile``: ``torch.compile`` (default mode) over the whole model or block by block, under each
+  of ``compile_scopes`` (see ``gladiff.models.compiled``; rows and the summary name a block-by-block
+  run ``compile[blocks]``), the optimizer step eager;
 * ``graph``: the whole step (forward, loss, backward, fused AdamW step) captured in one CUDA graph;
 * ``compile+graph``: the compiled model, and the whole step around it captured in one CUDA graph.
 
@@ -135,7 +136,7 @@ def _linear_flops(family: str, size: str, res: int, batch: int, work: str) -> fl
 
 def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), work=("train", "sample"),
                     modes=None, dit_attn=("flash", "cudnn"), reps=10, gla_backend="auto", dwconv_backend="auto",
-                    compile_scope: str = "model", max_minutes: float | None = None, on_row=None) -> dict:
+                    compile_scopes=("model",), max_minutes: float | None = None, on_row=None) -> dict:
     """Returns ``{"matmul_tflops", "rows", "summary"}``; ``rows`` has one entry per measurement,
     ``summary`` the best mode per (size, res, batch, work, family) and the DiG/DiT ratios.
     ``on_row(result)`` is called after every measurement (e.g. to save partial results)."""
@@ -144,8 +145,11 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
     for m in modes:
         if m not in MODES:
             raise ValueError(f"unknown mode {m!r}; choose from {MODES}")
-    if compile_scope not in COMPILE_SCOPES:
-        raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
+    for scope in compile_scopes:
+        if scope not in COMPILE_SCOPES:
+            raise ValueError(f"unknown compile scope {scope!r}; choose from {COMPILE_SCOPES}")
+    # (mode, compile scope) pairs: a compiled mode once per scope.
+    runs = [(m, scope) for m in modes for scope in (compile_scopes if "compile" in m else (None,))]
     for r in resolutions:
         if r % 16:
             raise ValueError(f"resolution {r} must be a multiple of 16 (latent res/8 with patch 2)")
@@ -160,7 +164,7 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
                     jobs.append((size, res, batch, w))
     rows = []
     result = dict(matmul_tflops=ceiling, rows=rows, summary=[], dwconv_backend=dwconv_backend,
-                  compile_scope=compile_scope)
+                  compile_scopes=list(compile_scopes))
     start = time.time()
     for size, res, batch, w in tqdm(jobs, desc="model bench"):
         flops = _linear_flops("DiG", size, res, batch, w), _linear_flops("DiT", size, res, batch, w)
@@ -169,13 +173,13 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
                 case = None
                 try:
                     case = _Case(family, size, res, batch, attn, gla_backend, dwconv_backend)
-                    for mode in modes:
+                    for mode, scope in runs:
                         if max_minutes is not None and time.time() - start > 60 * max_minutes:
                             raise TimeoutError(f"time budget of {max_minutes} min spent")
                         row = dict(family=family, size=size, res=res, batch=batch, work=w, mode=mode,
-                                   attn=attn)
+                                   attn=attn, compile_scope=scope)
                         try:
-                            row.update(_measure(case, w, mode, reps, compile_scope))
+                            row.update(_measure(case, w, mode, reps, scope or "model"))
                             row["img_s"] = batch / row["ms"] * 1e3
                             row["linear_tflops"] = lin / row["ms"] / 1e9
                         except torch.cuda.OutOfMemoryError:
@@ -208,11 +212,16 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
 
 
 def _row_line(r) -> str:
-    what = f"{r['family']}-{r['size']} {r['res']}px b{r['batch']} {r['work']:6} {r['mode']:13} {r.get('attn') or '':5}"
+    what = f"{r['family']}-{r['size']} {r['res']}px b{r['batch']} {r['work']:6} {mode_label(r):21} {r.get('attn') or '':5}"
     if "error" in r:
         return f"{what} ERROR {r['error'][:120]}"
     return (f"{what} {r['img_s']:9.1f} img/s {r['ms']:8.2f} ms {r['peak_gb']:6.2f} GB "
             f"linear {r['linear_tflops']:6.1f} TFLOP/s")
+
+
+def mode_label(row: dict) -> str:
+    """The row's execution mode, with ``[blocks]`` when it was compiled block by block."""
+    return row["mode"] + ("[blocks]" if row.get("compile_scope") == "blocks" else "")
 
 
 def summarize(rows, ceiling: float) -> list[dict]:
@@ -230,9 +239,9 @@ def summarize(rows, ceiling: float) -> list[dict]:
             continue
         dit = best.get((size, res, batch, work, "DiT"))
         out.append(dict(size=size, res=res, batch=batch, work=work,
-                        dig_img_s=r["img_s"], dig_mode=r["mode"], dig_peak_gb=r["peak_gb"],
+                        dig_img_s=r["img_s"], dig_mode=mode_label(r), dig_peak_gb=r["peak_gb"],
                         dig_linear_tflops=r["linear_tflops"], dig_linear_frac=r["linear_tflops"] / ceiling,
-                        dit_img_s=dit and dit["img_s"], dit_mode=dit and f"{dit['mode']}/{dit['attn']}",
+                        dit_img_s=dit and dit["img_s"], dit_mode=dit and f"{mode_label(dit)}/{dit['attn']}",
                         dit_peak_gb=dit and dit["peak_gb"],
                         speed_ratio=dit and r["img_s"] / dit["img_s"],
                         memory_ratio=dit and r["peak_gb"] / dit["peak_gb"]))
@@ -240,13 +249,13 @@ def summarize(rows, ceiling: float) -> list[dict]:
 
 
 def format_rows(summary) -> str:
-    lines = [f"{'size':5} {'res':>5} {'batch':>5} {'work':6} {'DiG img/s':>10} {'mode':13} {'GB':>6} "
-             f"{'DiT img/s':>10} {'mode':19} {'GB':>6} {'DiG/DiT':>8} {'mem':>5} {'lin TF/s':>8}"]
+    lines = [f"{'size':5} {'res':>5} {'batch':>5} {'work':6} {'DiG img/s':>10} {'mode':21} {'GB':>6} "
+             f"{'DiT img/s':>10} {'mode':27} {'GB':>6} {'DiG/DiT':>8} {'mem':>5} {'lin TF/s':>8}"]
     f = lambda x, p=1: "-" if x is None else f"{x:.{p}f}"
     for s in summary:
         lines.append(f"{s['size']:5} {s['res']:5d} {s['batch']:5d} {s['work']:6} {f(s['dig_img_s']):>10} "
-                     f"{s['dig_mode']:13} {f(s['dig_peak_gb'], 2):>6} {f(s['dit_img_s']):>10} "
-                     f"{str(s['dit_mode']):19} {f(s['dit_peak_gb'], 2):>6} {f(s['speed_ratio'], 2):>8} "
+                     f"{s['dig_mode']:21} {f(s['dig_peak_gb'], 2):>6} {f(s['dit_img_s']):>10} "
+                     f"{str(s['dit_mode']):27} {f(s['dit_peak_gb'], 2):>6} {f(s['speed_ratio'], 2):>8} "
                      f"{f(s['memory_ratio'], 2):>5} {f(s['dig_linear_tflops']):>8}")
     return "\n".join(lines)
 

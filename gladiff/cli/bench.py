@@ -32,9 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--dwconv-backend", default="auto", choices=DWCONV_BACKENDS,
                    help="DiG's depth-wise conv (auto = torch: cuDNN on channels-last, measured faster; "
                         "triton: our kernels)")
-    p.add_argument("--compile-scope", default="model", choices=COMPILE_SCOPES,
-                   help="compile modes: the whole model (default) or each block (regional compilation: "
-                        "compile time independent of depth, no fusion across blocks)")
+    p.add_argument("--compile-scope", nargs="+", default=["model"], choices=COMPILE_SCOPES,
+                   help="compiled modes run under each: the whole model (default) and/or each block "
+                        "(regional compilation: compile time independent of depth, no fusion across blocks)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<kind>_<card>_<time>.json)")
     p.add_argument("--plot", default=None, help="PNG path for the throughput/memory plot (model bench)")
     p.add_argument("--reps", type=int, default=10, help="timed repeats per measurement (median)")
@@ -81,7 +81,7 @@ def run(args) -> int:
     save = lambda result: write_json(out, dict(env, kind="model", **result))
     result = run_model_bench(models=args.models, resolutions=args.res, extra_batches=args.batch,
                              work=args.work, modes=args.modes, dit_attn=args.dit_attn, reps=args.reps,
-                             dwconv_backend=args.dwconv_backend, compile_scope=args.compile_scope,
+                             dwconv_backend=args.dwconv_backend, compile_scopes=args.compile_scope,
                              max_minutes=args.max_minutes, on_row=save)
     path = save(result)
     print(f"\ncard: {env['card']}, bf16 matmul ceiling {result['matmul_tflops']:.0f} TFLOP/s\n"

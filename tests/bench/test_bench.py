@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gladiff.bench import common
-from gladiff.bench.model import _linear_flops, default_batch, plot_rows, summarize
+from gladiff.bench.model import _linear_flops, default_batch, plot_rows, run_model_bench, summarize
 from gladiff.bench.op import format_rows
 from gladiff.cli import main
 
@@ -39,6 +39,21 @@ def test_summary_pairs_the_best_mode_of_each_family():
     assert s["dig_mode"] == "graph" and s["dit_mode"] == "compile/cudnn"
     assert s["speed_ratio"] == pytest.approx(300 / 250) and s["memory_ratio"] == pytest.approx(3.5 / 2.5)
     assert s["dig_linear_frac"] == pytest.approx(100 / 800)
+
+
+def test_summary_names_block_by_block_compilation():
+    rows = [dict(_row("DiG", "compile+graph", 300, 2.0), compile_scope="model"),
+            dict(_row("DiG", "compile+graph", 310, 1.8), compile_scope="blocks"),
+            dict(_row("DiT", "compile+graph", 400, 2.1, "cudnn"), compile_scope="model"),
+            dict(_row("DiT", "compile+graph", 390, 2.0, "cudnn"), compile_scope="blocks")]
+    (s,) = summarize(rows, ceiling=800.0)
+    assert s["dig_mode"] == "compile+graph[blocks]" and s["dit_mode"] == "compile+graph/cudnn"
+    assert s["speed_ratio"] == pytest.approx(310 / 400) and s["memory_ratio"] == pytest.approx(1.8 / 2.1)
+
+
+def test_unknown_compile_scope_is_refused():
+    with pytest.raises(ValueError, match="compile scope"):
+        run_model_bench(compile_scopes=("layers",))
 
 
 def test_plot_is_written(tmp_path):

@@ -112,9 +112,9 @@ def test_bwd_and_register_cap_are_validated(monkeypatch):
     o, s0, gs = K.gla_fwd(q, k, v, g, 0.5, False, False, 1, 16)
     with pytest.raises(ValueError, match="bwd must be one of"):
         K.gla_bwd(q, k, v, g, do, s0, gs, 0.5, False, False, 1, 16, bwd="Split")
-    monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=fused,maxnreg=168")
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=fused,maxnreg=0")
     K._config_from_env()
-    assert K.CONFIG["maxnreg"] == 168
+    assert K.CONFIG["maxnreg"] == 0
     with pytest.raises(ValueError, match="maxnreg must be 0"):
         K.gla_fwd(q, k, v, g, 0.5, False, False, 1, 16, maxnreg=300)
 
