@@ -13,3 +13,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def compile_backend(monkeypatch):
+    """``torch.compile`` in the training loop and the sampler routed to a ``CountingBackend`` (AOT
+    autograd, eager kernels: seconds on a CPU, no C++ compiler); yields it, so a test can assert
+    that graphs were compiled. Dynamo's caches are cleared before and after, so a test counts only
+    the graphs of its own runs."""
+    from gladiff.sample import graphed
+    from gladiff.train import parallel
+    from tests.train.standins import CountingBackend
+
+    backend = CountingBackend()
+    monkeypatch.setattr(parallel, "COMPILE_BACKEND", backend)
+    monkeypatch.setattr(graphed, "COMPILE_BACKEND", backend)
+    torch._dynamo.reset()
+    yield backend
+    torch._dynamo.reset()

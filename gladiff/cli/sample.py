@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from gladiff.cli.train import int_or_str
+from gladiff.models import COMPILE_SCOPES
 from gladiff.sample.graphed import EXECUTIONS
 from gladiff.train.config import parse_key_values
 
@@ -42,6 +43,10 @@ def register(subparsers) -> None:
                    help="how the network runs: eager, compile (torch.compile), graph (each network pass "
                         "replayed from a CUDA graph) or compile+graph; the samples are the same up to "
                         "floating-point reassociation under compile")
+    p.add_argument("--compile-scope", default="model", choices=COMPILE_SCOPES,
+                   help="what --execution compile / compile+graph compiles: model (the whole network in one "
+                        "graph, fuses across blocks; compile time grows with depth) or blocks (each block "
+                        "compiled on its own: one graph per distinct block, seconds at any depth)")
     p.add_argument("--vae", default=None, help="latent models: the VAE (local folder or hub id) to decode "
                                                "with (default: the one recorded at extraction)")
     p.add_argument("--grid-count", type=int, default=100, help="samples shown in a .png grid")
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                                sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                                dist=dist, decode=decode, autocast=precision.autocast,
                                share_dir=Path(args.out[0]).parent, progress=not args.no_progress,
-                               execution=args.execution)
+                               execution=args.execution, compile_scope=args.compile_scope)
         if dist.is_main:
             images, labels = result
             nrow = args.nrow or (len(classes) if classes and len(classes) <= 32 else None)

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from gladiff.models import COMPILE_SCOPES, compile_model
+
 EXECUTIONS = ("eager", "compile", "graph", "compile+graph")
+# The torch.compile backend of the compiled executions: torch.compile's default. Tests set "aot_eager"
+# (no code generation) so that the compiled path runs in seconds on a CPU; not a user-facing option.
+COMPILE_BACKEND = "inductor"
 
 
 class GraphedModel:
@@ -68,15 +73,23 @@ class GraphedModel:
         return out.clone()
 
 
-def for_sampling(model, execution: str = "eager", device: torch.device | str = "cpu"):
+def for_sampling(model, execution: str = "eager", device: torch.device | str = "cpu",
+                 compile_scope: str = "model"):
     """``model`` wrapped for sampling passes: ``"eager"`` (as is), ``"compile"`` (``torch.compile``),
-    ``"graph"`` (CUDA-graph replays) or ``"compile+graph"``. Graphs need a CUDA ``device``."""
+    ``"graph"`` (CUDA-graph replays) or ``"compile+graph"``. Graphs need a CUDA ``device``.
+
+    ``compile_scope`` (the compiled executions; ``gladiff.models.compile_model``): ``"model"`` compiles
+    the whole network into one graph (fuses across blocks; compile time grows with depth), ``"blocks"``
+    compiles each of ``model.blocks`` in place, which changes ``model`` itself until
+    ``gladiff.models.uncompile_blocks(model)`` (``sample_images`` does that when it is done)."""
     if execution not in EXECUTIONS:
         raise ValueError(f"unknown execution {execution!r}; choose from {EXECUTIONS}")
+    if compile_scope not in COMPILE_SCOPES:
+        raise ValueError(f"unknown compile scope {compile_scope!r}; choose from {COMPILE_SCOPES}")
     if "graph" in execution and torch.device(device).type != "cuda":
         raise ValueError(f"execution {execution!r} uses CUDA graphs and needs a CUDA device, got {device}")
     if "compile" in execution:
-        model = torch.compile(model)
+        model = compile_model(model, compile_scope, backend=COMPILE_BACKEND)
     if "graph" in execution:
         model = GraphedModel(model)
     return model

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gladiff.models import uncompile_blocks
 from gladiff.train import parallel
 from gladiff.train.parallel import Dist
 
@@ -24,17 +25,23 @@ from .load import Trained
 def sample_images(trained: Trained, labels: torch.Tensor, *, seed: int = 0, batch_size: int = 64,
                   sampler: str | None = None, steps=None, cfg_scale: float = 1.0, dist: Dist = Dist(),
                   decode=None, autocast=None, share_dir: str | Path = ".", progress: bool = True,
-                  execution: str = "eager"):
+                  execution: str = "eager", compile_scope: str = "model"):
     """All samples for ``labels`` (``int64 [N]``) on rank 0 as ``(images uint8 [N, H, W, C],
     labels int64 [N])``; other ranks return ``None``. With several processes every rank writes
     its share under ``share_dir`` and rank 0 merges them (then deletes the shares). ``execution``:
-    how the network runs (``graphed.EXECUTIONS``: eager, compile, graph, compile+graph)."""
+    how the network runs (``graphed.EXECUTIONS``: eager, compile, graph, compile+graph);
+    ``compile_scope``: what the compiled executions compile, ``"model"`` (one graph) or ``"blocks"``
+    (each block; ``trained.model`` runs eagerly again afterwards)."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
-    model = for_sampling(trained.model, execution, dist.device)
-    indices, images = generate(model, trained.objective, labels, trained.sample_shape,
-                               seed=seed, batch_size=batch_size, sampler=sampler, steps=steps,
-                               cfg_scale=cfg_scale, dist=dist, decode=decode, autocast=autocast,
-                               progress=progress)
+    model = for_sampling(trained.model, execution, dist.device, compile_scope)
+    try:
+        indices, images = generate(model, trained.objective, labels, trained.sample_shape,
+                                   seed=seed, batch_size=batch_size, sampler=sampler, steps=steps,
+                                   cfg_scale=cfg_scale, dist=dist, decode=decode, autocast=autocast,
+                                   progress=progress)
+    finally:
+        if "compile" in execution and compile_scope == "blocks":
+            uncompile_blocks(trained.model)  # the caller's model: leave it as it came
     if not dist.distributed:
         return images, labels.numpy()
     shares = Path(share_dir) / f".sample-shares-{seed}"

@@ -15,6 +15,7 @@ import yaml
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARALLEL = ("ddp", "fsdp")
+COMPILE = ("none", "model", "blocks")  # "model"/"blocks": gladiff.models.compile_model's scopes
 
 
 def _opt(default, help: str, **kw):
@@ -59,6 +60,10 @@ class TrainConfig:
                                 "gradients, optimizer state and EMA sharded; sharded checkpoints)")
     activation_checkpointing: bool = _opt(False, "recompute each transformer block in the backward pass "
                                                  "instead of storing its activations (less memory, ~1/3 more compute)")
+    # --- execution
+    compile: str = _opt("none", "torch.compile the training network: none | model (one graph for the whole "
+                                "network, fuses across blocks, compile time grows with depth) | blocks (each "
+                                "block compiled in place, seconds at any depth; docs/training.md)")
     # --- observing
     log_every: int = _opt(100, "steps between logged scalars (bar, TensorBoard, metrics.jsonl)")
     tensorboard: bool = _opt(True, "TensorBoard scalars under RUN_DIR/tb when tensorboard is installed")
@@ -90,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        if self.compile not in COMPILE:
+            raise ValueError(f"compile must be one of {COMPILE}, got {self.compile!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if not isinstance(self.model_opts, dict) or not isinstance(self.objective_opts, dict):

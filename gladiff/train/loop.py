@@ -1,6 +1,6 @@
 """The training loop. Read it top to bottom: every feature is one call into a component.
 
-Components: ``parallel`` (processes, DDP), ``sharding`` (FSDP2, activation checkpointing),
+Components: ``parallel`` (processes, DDP, ``torch.compile``), ``sharding`` (FSDP2, activation checkpointing),
 ``sharded_checkpoint`` (FSDP checkpoints), ``data_order`` (resumable example order), ``precision``
 (autocast, loss scaling, clipping), ``EMA``, ``checkpoint`` (atomic files, resume), ``RunLog``
 (bar, TensorBoard, metrics), ``StopSignals`` (SIGTERM/SIGINT), and ``gladiff.sample`` for grids.
@@ -99,7 +99,9 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
                          position)
     worker_seed = torch.Generator().manual_seed(rank_seed(cfg.seed, dist.rank) + step)
     batches = iter(batch_loader(dataset, stream, cfg.num_workers, dist.device.type == "cuda", worker_seed))
-    net = parallel.wrap_model(model, dist)
+    # What runs the forward pass: compiled (--compile) after FSDP sharding, inside DDP (see wrap_model).
+    # The optimizer, the EMA and checkpoints keep using `model`: its parameters and state-dict keys.
+    net = parallel.wrap_model(model, dist, cfg.compile)
     log = RunLog(run_dir, dist, step, cfg.steps, cfg.global_batch_size, cfg.log_every,
                  cfg.tensorboard, progress)
     grids = SampleGrids(run_dir / "samples", objective, info, cfg, precision, dist)

@@ -21,9 +21,10 @@ QUIET = ["--device", "cpu", "--no-tensorboard", "--log-every", "1"]
 
 @pytest.mark.parametrize("objective,sample_args", [
     ("ddpm", ["--sampler", "ddim", "--steps", "4", "--cfg-scale", "2.0"]),
-    ("flow", ["--sampler", "euler", "--steps", "3", "--cfg-scale", "1.5"]),
+    ("flow", ["--sampler", "euler", "--steps", "3", "--cfg-scale", "1.5", "--execution", "compile",
+              "--compile-scope", "blocks"]),
 ])
-def test_train_then_sample_on_digits(tmp_path, objective, sample_args):
+def test_train_then_sample_on_digits(tmp_path, objective, sample_args, compile_backend):
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), "--data", "digits", "--image-size", "16", *TINY,
                  "--objective", objective, "--steps", "3", "--global-batch-size", "8", *QUIET]) == 0
@@ -36,13 +37,16 @@ def test_train_then_sample_on_digits(tmp_path, objective, sample_args):
                  *sample_args]) == 0
     images, labels = read_npz(out_npz)
     assert images.shape == (4, 16, 16, 1) and labels.tolist() == [3, 7, 3, 7]
+    assert (compile_backend.graphs > 0) == ("compile" in sample_args)  # --execution/--compile-scope arrived
     assert out_png.stat().st_size > 0
 
 
-def test_real_dig_and_ddpm_resume_bitwise(tmp_path):
+@pytest.mark.parametrize("compile", ["none", "blocks"])
+def test_real_dig_and_ddpm_resume_bitwise(tmp_path, compile, compile_backend):
     """With every source of randomness in play (label dropout, timesteps, noise, data order):
-    4 steps straight == 2 steps + resume + 2 steps, bit for bit."""
-    args = [*TINY, "--objective", "ddpm", "--global-batch-size", "8", "--ckpt-every", "2", *QUIET]
+    4 steps straight == 2 steps + resume + 2 steps, bit for bit; also with the blocks compiled."""
+    args = [*TINY, "--objective", "ddpm", "--global-batch-size", "8", "--ckpt-every", "2", *QUIET,
+            "--compile", compile]
     assert main(["train", "--run-dir", str(tmp_path / "a"), "--steps", "4", *args]) == 0
     assert main(["train", "--run-dir", str(tmp_path / "b"), "--steps", "2", *args]) == 0
     torch.manual_seed(123)
@@ -52,6 +56,7 @@ def test_real_dig_and_ddpm_resume_bitwise(tmp_path):
     for key in ("model", "ema"):
         assert a[key].keys() == b[key].keys()
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    assert (compile_backend.graphs > 0) == (compile != "none")  # --compile reached the loop
     mid = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "a", 2))
     assert not torch.equal(mid["model"]["final_layer.linear.weight"], a["model"]["final_layer.linear.weight"])
 

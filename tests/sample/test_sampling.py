@@ -142,3 +142,30 @@ def test_execution_modes_are_checked_and_eager_is_the_model_itself(trained_ckpt)
         graphed(torch.zeros(1, 1, 8, 8), torch.zeros(1), torch.zeros(1, dtype=torch.int64))
     with pytest.raises(ValueError, match="warmup"):
         GraphedModel(tr.model, warmup=0)
+
+
+def test_compiled_sampling_draws_the_eager_samples(compile_backend):
+    """``execution="compile"`` with either compile scope: the eager images (AOT autograd with eager
+    kernels on the CPU), graphs really compiled, and the model's blocks eager again afterwards."""
+    from gladiff.models import create_model
+    from gladiff.sample import Trained, for_sampling
+
+    torch.manual_seed(0)
+    model = create_model("DiG-S/2", input_size=8, in_channels=1, num_classes=10, learn_sigma=False, depth=2,
+                         hidden_size=32, num_heads=1).eval().requires_grad_(False)
+    info = {"sample_size": 8, "in_channels": 1, "num_classes": 10}
+    tr = Trained(model=model, objective=TinyEps(), spec={}, info=info, config={}, step=0, path=Path("-"))
+    labels = class_labels(6, 10, classes=range(6))
+    eager, _ = sample_images(tr, labels, seed=2, batch_size=3, progress=False)
+    graphs = {}
+    for scope in ("model", "blocks"):
+        before = compile_backend.graphs
+        images, got = sample_images(tr, labels, seed=2, batch_size=3, progress=False, execution="compile",
+                                    compile_scope=scope)
+        graphs[scope] = compile_backend.graphs - before
+        assert np.array_equal(images, eager) and np.array_equal(got, labels.numpy()), scope
+    # the whole network in one graph; one graph per distinct block (two scan orientations)
+    assert graphs == {"model": 1, "blocks": 2}
+    assert all(block._compiled_call_impl is None for block in model.blocks)  # in-place compile undone
+    with pytest.raises(ValueError, match="unknown compile scope"):
+        for_sampling(model, "compile", compile_scope="layers")

@@ -7,6 +7,8 @@ deterministic ``NoNoise`` objective, or ``TinyEps`` with ``"objective": "tiny_ep
 sample) and ``{"load": {"checkpoint": PATH, "out": PREFIX}}`` (every
 rank loads the EMA with ``gladiff.sample.load_trained`` and saves its state dict to
 ``PREFIX-rank<r>.pt``). One launch amortises the interpreter and torch start-up over all jobs.
+A train job whose config sets ``compile`` compiles with ``CountingBackend`` (AOT autograd, eager
+kernels) and writes the number of graphs each rank compiled to ``RUN_DIR/graphs-rank<r>.txt``.
 
 The process group is joined once and left at the end: ``train`` leaves it after every run, and
 joining the default group again in the same processes can pass on one rank with the previous
@@ -22,7 +24,7 @@ import torch  # noqa: E402
 
 from gladiff.train import TrainConfig, parallel, train  # noqa: E402
 from gladiff.train.build import build_model  # noqa: E402
-from tests.train.standins import NoNoise, TinyDigits, TinyEps  # noqa: E402
+from tests.train.standins import CountingBackend, NoNoise, TinyDigits, TinyEps  # noqa: E402
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
@@ -32,8 +34,14 @@ if __name__ == "__main__":
     for job in json.loads(Path(sys.argv[1]).read_text()):
         if "train" in job:
             objective = TinyEps() if job.get("objective") == "tiny_eps" else NoNoise()
+            compiled = job["train"].get("compile", "none") != "none"
+            if compiled:
+                torch._dynamo.reset()
+                parallel.COMPILE_BACKEND = backend = CountingBackend()
             train(TrainConfig(**job["train"]), dataset=TinyDigits(64), objective=objective,
                   model_builder=build_model, progress=False)
+            if compiled:
+                Path(job["train"]["run_dir"], f"graphs-rank{dist.rank}.txt").write_text(str(backend.graphs))
         else:
             from gladiff.sample import load_trained
 

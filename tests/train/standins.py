@@ -118,6 +118,21 @@ class NaNAfter:
         return out
 
 
+class CountingBackend:
+    """A ``torch.compile`` backend for CPU tests: AOT autograd with the eager kernels (``aot_eager``:
+    the forward/backward split of a real compile, no code generation), counting the graphs Dynamo
+    hands it. Set it as ``gladiff.train.parallel.COMPILE_BACKEND`` / ``gladiff.sample.graphed.COMPILE_BACKEND``."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        from torch._dynamo.backends.registry import lookup_backend
+
+        self.graphs += 1
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+
 def state_equal(a: dict, b: dict) -> bool:
     """Bitwise equality of two state dicts (same keys, same tensors)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -72,12 +72,15 @@ def test_training_lowers_the_loss_and_records_the_run(tmp_path):
     assert res.step == 60 and res.checkpoint.name == "step-00000060.pt"  # written at the end
 
 
-def test_exact_resume_is_bitwise(tmp_path):
-    """8 steps straight == 4 steps, a new process state, then 4 more from the checkpoint."""
-    straight = _run(_cfg(tmp_path, "a", steps=8))
-    _run(_cfg(tmp_path, "b", steps=4))
+@pytest.mark.parametrize("compile", ["none", "model"])
+def test_exact_resume_is_bitwise(tmp_path, compile, compile_backend):
+    """8 steps straight == 4 steps, a new process state, then 4 more from the checkpoint; also with
+    the network compiled (TinyNet has no blocks: the "model" scope)."""
+    straight = _run(_cfg(tmp_path, "a", steps=8, compile=compile))
+    _run(_cfg(tmp_path, "b", steps=4, compile=compile))
     torch.manual_seed(12345)  # whatever the RNG did in between must not matter
-    resumed = _run(_cfg(tmp_path, "b", steps=8, resume=True))
+    resumed = _run(_cfg(tmp_path, "b", steps=8, resume=True, compile=compile))
+    assert (compile_backend.graphs > 0) == (compile != "none")  # the compiled path did run
     a, b = ckpt.read_checkpoint(straight.checkpoint), ckpt.read_checkpoint(resumed.checkpoint)
     assert b["step"] == 8
     assert state_equal(a["model"], b["model"])

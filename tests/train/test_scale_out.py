@@ -102,11 +102,13 @@ def runs(tmp_path_factory):
     - ``from_pt``: resumes ``ref``'s ``.pt`` of step 4 in 2 FSDP processes, steps 5-6;
     - ``bf16``/``bf16_ref``: FSDP with bf16 mixed precision vs one process with bf16 autocast, 2 steps;
     - ``fp16``: FSDP with fp16 mixed precision (dynamic loss scale), 2 steps;
-    - ``grids``/``nogrids``: FSDP with a sampling objective, with and without a sample grid every step.
+    - ``grids``/``nogrids``: FSDP with a sampling objective, with and without a sample grid every step;
+    - ``ddp_compiled``/``fsdp_compiled``: 2 steps in 2 processes with the network compiled (DDP around
+      the compiled model; FSDP with its sharded blocks compiled), backend ``CountingBackend``.
     """
     tmp = tmp_path_factory.mktemp("scale")
     r = {name: tmp / name for name in ("ref", "ddp", "fsdp2", "one", "fsdp2b", "ddp2", "from_pt", "bf16",
-                                      "bf16_ref", "fp16", "grids", "nogrids")}
+                                      "bf16_ref", "fp16", "grids", "nogrids", "ddp_compiled", "fsdp_compiled")}
     _train_here(_cfg(r["ref"], steps=6, ckpt_every=2))
     _train_here(_cfg(r["bf16_ref"], steps=2, ckpt_every=0, precision="bf16"))
     _copy_run(r["ref"], r["from_pt"], keep_steps={4})
@@ -116,6 +118,8 @@ def runs(tmp_path_factory):
         {"train": _cfg(r["from_pt"], steps=6, ckpt_every=0, parallel="fsdp", resume=True)},
         {"train": _cfg(r["bf16"], steps=2, ckpt_every=0, parallel="fsdp", precision="bf16")},
         {"train": _cfg(r["fp16"], steps=2, ckpt_every=0, parallel="fsdp", precision="fp16")},
+        {"train": _cfg(r["ddp_compiled"], steps=2, ckpt_every=0, compile="model")},
+        {"train": _cfg(r["fsdp_compiled"], steps=2, ckpt_every=0, parallel="fsdp", compile="blocks")},
     ])
     _copy_run(r["fsdp2"], r["one"])
     _train_here(_cfg(r["one"], steps=4, ckpt_every=0, parallel="fsdp", resume=True))
@@ -168,6 +172,16 @@ def test_fsdp_two_processes_match_one_process(runs):
     seed_everything(5)
     init = build_model(ckpt.read_checkpoint(path)["model_spec"]).state_dict()
     assert max_abs_diff(_weights(path), init) > 1e-3
+
+
+def test_compiled_ddp_and_fsdp_match_one_eager_process(runs):
+    """compile=model under DDP, compile=blocks under FSDP: the weights of the eager runs, and the
+    compiled path did run on both ranks (the model in one graph: DDP's bucket splitting has nothing
+    to split at this size; one graph per distinct block: two scan orientations)."""
+    for name, graphs in (("ddp_compiled", "1"), ("fsdp_compiled", "2")):
+        assert [(runs[name] / f"graphs-rank{r}.txt").read_text() for r in (0, 1)] == [graphs, graphs]
+        _assert_same_run(runs, name, 2)
+    assert _at(runs["fsdp_compiled"], 2).suffix == ".dcp" and _at(runs["ddp_compiled"], 2).suffix == ".pt"
 
 
 def test_checkpoint_of_two_processes_resumes_in_one(runs):
