@@ -13,6 +13,17 @@ from pathlib import Path
 import torch
 
 
+def _gla_triton_settings() -> dict | None:
+    """``triton_chunk.CONFIG`` (after any ``GLADIFF_GLA_TRITON`` override), or None without Triton."""
+    from ..ops._triton import HAS_TRITON
+
+    if not HAS_TRITON:
+        return None
+    from ..ops.gla import triton_chunk
+
+    return dict(triton_chunk.CONFIG)
+
+
 def command_line() -> str:
     """This process's command line as typed: ``python -m gladiff ...`` for the module entry point
     (whose ``sys.argv[0]`` is the path of ``gladiff/__main__.py``), else the script's name and arguments."""
@@ -41,8 +52,9 @@ def environment() -> dict:
         "flash_linear_attention": version("flash-linear-attention") or version("fla-core"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        # Launch configuration of our Triton GLA kernels when overridden (else the built-in default).
+        # Launch configuration of our Triton GLA kernels: the override, and the configuration in force.
         "gla_triton_config": os.environ.get("GLADIFF_GLA_TRITON") or "default",
+        "gla_triton_settings": _gla_triton_settings(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -57,7 +57,7 @@ from .._triton import fix_interpreter_index
 # (benchmarks/results/gla_triton_tune_H200_parallel.json, gla_gpu_check_H200_bf16scores.json);
 # maxnreg: a cap on registers per thread for every launch (ptxas spills above it; 0: ptxas's
 # choice), so that more programs share a multiprocessor (65536 registers: at 4 warps <= 168 fits 3
-# programs, <= 128 fits 4). A cap of 168 made the fused backward 11-26% faster on the H200 despite its
+# programs, <= 128 fits 4). A cap of 168 made the fused backward 10-26% faster on the H200 despite its
 # spills (gla_triton_tune_H200_split.json); "split" is 2-3% faster than "fused" at 16k tokens, 3%
 # slower at 256, so "fused" stays.
 CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential", bwd="fused", maxnreg=168)
