@@ -2,8 +2,6 @@
 setting but the model, and the two networks have the same depth, width, heads and patch.
 (The comparison itself takes ~20 minutes of CPU; its result lives in benchmarks/results/.)"""
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -11,15 +9,11 @@ from gladiff import create_model
 from gladiff.models.dig import DiGBlock
 from gladiff.models.dit import DiTBlock
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "digits_dig_vs_dit.py"
 
 
 @pytest.fixture(scope="module")
-def cmp():
-    spec = importlib.util.spec_from_file_location("digits_dig_vs_dit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def cmp(bench_script):
+    return bench_script("digits_dig_vs_dit.py", "digits_dig_vs_dit")
 
 
 def test_runs_differ_only_in_the_model(cmp, tmp_path):

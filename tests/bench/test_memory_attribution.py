@@ -1,21 +1,16 @@
 """benchmarks/memory_attribution.py's reading of an allocator snapshot, on a hand-made snapshot in
 ``torch.cuda.memory._snapshot()``'s format whose peak, live set and groups are worked out by hand
 below. (Recording a real snapshot needs a GPU; the script exits with a message without one.)"""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_attribution.py"
 
 
 @pytest.fixture(scope="module")
-def ma():
-    spec = importlib.util.spec_from_file_location("memory_attribution", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ma(bench_script):
+    return bench_script("memory_attribution.py", "memory_attribution")
 
 
 def py(path, line, name):

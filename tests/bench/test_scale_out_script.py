@@ -2,15 +2,12 @@
 JSON the lead reads; the global batches it feeds 1 and N GPUs are the same numbers however they are cut.
 (The measurements need GPUs; the 2-process paths of the same code are exercised by tests/train/test_scale_out.py
 through the training loop's own pieces.)"""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale_out.py"
 
 
 @pytest.fixture(autouse=True)
@@ -22,17 +19,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _load(monkeypatch):
+@pytest.fixture
+def script(monkeypatch, bench_script):
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")  # the script sets it on import; restored after the test
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    spec = importlib.util.spec_from_file_location("scale_out_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("scale_out.py", "scale_out_script")
 
 
-def test_smoke_run_writes_every_phase(monkeypatch, tmp_path):
-    script = _load(monkeypatch)
+def test_smoke_run_writes_every_phase(monkeypatch, tmp_path, script):
     assert script.main(["--smoke", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("scale_out_*_x1.json")
     report = json.loads(path.read_text())
@@ -48,8 +42,7 @@ def test_smoke_run_writes_every_phase(monkeypatch, tmp_path):
     assert set(report["phase_seconds"]) == {"throughput", "losses", "memory"}
 
 
-def test_global_batches_do_not_depend_on_how_they_are_cut(monkeypatch):
-    script = _load(monkeypatch)
+def test_global_batches_do_not_depend_on_how_they_are_cut(monkeypatch, script):
     batch = script.global_batch(7, 8, 4)
     assert torch.equal(batch[0], script.global_batch(7, 8, 4)[0])  # a function of (seed, step) alone
     assert not torch.equal(batch[0], script.global_batch(8, 8, 4)[0])
@@ -61,8 +54,7 @@ def test_global_batches_do_not_depend_on_how_they_are_cut(monkeypatch):
         assert torch.equal(torch.cat([h[i] for h in halves]), whole[i])
 
 
-def test_without_a_gpu_it_says_so_and_exits_cleanly(monkeypatch, tmp_path, capsys):
-    script = _load(monkeypatch)
+def test_without_a_gpu_it_says_so_and_exits_cleanly(monkeypatch, tmp_path, capsys, script):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert script.main(["--out", str(tmp_path)]) == 0
     assert "no CUDA GPU" in capsys.readouterr().out and not list(tmp_path.iterdir())
