@@ -28,6 +28,9 @@ CATEGORIES = [  # first match wins, on the lower-cased kernel name
     ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "matmul", "sm90_", "cublas")),
     ("conv", ("conv", "depthwise", "implicit_convolve", "wgrad", "dgrad")),
     ("optimizer", ("adam", "multi_tensor", "foreach")),
+    # inductor's generated kernels are named after every op they fuse (often "_to_copy" or "cat" next
+    # to a norm or an activation): one category, before the name-based ones below.
+    ("inductor fused", ("triton_poi_", "triton_red_", "triton_per_", "triton_tem_")),
     ("copy / layout", ("copy", "transpose", "cat", "permute", "elementwise_kernel_with_index")),
     ("norm / reduction", ("norm", "reduce", "softmax", "welford")),
     ("elementwise", ("elementwise", "vectorized", "unrolled", "triton_")),
