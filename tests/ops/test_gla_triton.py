@@ -115,8 +115,25 @@ def test_bwd_and_register_cap_are_validated(monkeypatch):
     monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=fused,maxnreg=0")
     K._config_from_env()
     assert K.CONFIG["maxnreg"] == 0
-    with pytest.raises(ValueError, match="maxnreg must be 0"):
+    with pytest.raises(ValueError, match="maxnreg must be 'auto', 0"):
         K.gla_fwd(q, k, v, g, 0.5, False, False, 1, 16, maxnreg=300)
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "maxnreg=auto")
+    K._config_from_env()
+    assert K.CONFIG["maxnreg"] == "auto"
+
+
+def test_register_cap_auto_only_where_occupancy_is_needed(monkeypatch):
+    """"auto" caps a 4-warp launch on a GPU only when its programs outnumber what the SMs hold
+    uncapped (2 each): (32,6,256) has 192 programs on 132 SMs (cap measured slower), (32,18,256) 576."""
+    monkeypatch.setattr(K, "_sm_count", lambda index: 132)
+    gpu = torch.device("cuda", 0)
+    assert K.resolve_maxnreg("auto", 192, 4, gpu) == 0
+    assert K.resolve_maxnreg("auto", 576, 4, gpu) == K.AUTO_MAXNREG == 168
+    assert K.resolve_maxnreg("auto", 265, 4, gpu) == 168 and K.resolve_maxnreg("auto", 264, 4, gpu) == 0
+    assert K.resolve_maxnreg("auto", 576, 8, gpu) == 0  # measured at 4 warps only
+    assert K.resolve_maxnreg("auto", None, 4, gpu) == 0  # the parallel kernels: not measured
+    assert K.resolve_maxnreg("auto", 576, 4, torch.device("cpu")) == 0  # the interpreter
+    assert K.resolve_maxnreg(128, 10, 8, torch.device("cpu")) == 128  # an explicit cap stays
 
 
 def test_dispatcher_rules():

@@ -36,6 +36,7 @@ Forward launches 1 kernel (2 with segments), backward 1 (2 with segments; split:
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -57,10 +58,15 @@ from .._triton import fix_interpreter_index
 # (benchmarks/results/gla_triton_tune_H200_parallel.json, gla_gpu_check_H200_bf16scores.json);
 # maxnreg: a cap on registers per thread for every launch (ptxas spills above it; 0: ptxas's
 # choice), so that more programs share a multiprocessor (65536 registers: at 4 warps <= 168 fits 3
-# programs, <= 128 fits 4). A cap of 168 made the fused backward 10-26% faster on the H200 despite its
-# spills (gla_triton_tune_H200_split.json); "split" is 2-3% faster than "fused" at 16k tokens, 3%
-# slower at 256, so "fused" stays.
-CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential", bwd="fused", maxnreg=168)
+# programs, <= 128 fits 4). "auto" caps at AUTO_MAXNREG only where that occupancy is needed: a
+# sequential-implementation launch at 4 warps with more programs than the uncapped kernels' 2 per
+# SM can hold. Measured (fwd+bwd, same runs): the cap of 168 made (32,18,256) 0.651 -> 0.578 ms,
+# (1,6,16384) 0.542 -> 0.429, (4,6,16384) 1.606 -> 1.463 (576 / 384 / 768 programs, H200,
+# gla_triton_tune_H200_split.json) but (32,6,256) 0.234 -> 0.263 (192 programs on 132 SMs, H100,
+# gla_triton_tune_H100_cap_t256.json): with room for every program the cap only adds spills.
+# "split" is 1-2% faster than "fused" at 16k tokens and 3-6% slower at 256, so "fused" stays.
+CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential", bwd="fused", maxnreg="auto")
+AUTO_MAXNREG = 168
 IMPLS = ("sequential", "parallel")
 BWDS = ("fused", "split")
 
@@ -70,7 +76,7 @@ def _config_from_env():
         key, _, value = item.partition("=")
         if key not in CONFIG:
             raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
-        CONFIG[key] = value if key in ("dot", "impl", "bwd") else int(value)
+        CONFIG[key] = value if key in ("dot", "impl", "bwd") or (key, value) == ("maxnreg", "auto") else int(value)
     _check_config(CONFIG["chunk"], CONFIG["dot"])
     if CONFIG["impl"] not in IMPLS:
         raise ValueError(f"GLADIFF_GLA_TRITON: impl must be one of {IMPLS}, got {CONFIG['impl']!r}")
@@ -79,8 +85,25 @@ def _config_from_env():
 
 
 def _check_maxnreg(maxnreg):
-    if maxnreg != 0 and not 32 <= maxnreg <= 255:
-        raise ValueError(f"GLA Triton configuration: maxnreg must be 0 (no cap) or 32..255, got {maxnreg}")
+    if maxnreg != "auto" and (not isinstance(maxnreg, int) or (maxnreg != 0 and not 32 <= maxnreg <= 255)):
+        raise ValueError(f"GLA Triton configuration: maxnreg must be 'auto', 0 (no cap) or 32..255, "
+                         f"got {maxnreg!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def resolve_maxnreg(maxnreg, programs: int | None, num_warps: int, device: torch.device) -> int:
+    """The register cap of one launch: ``maxnreg`` itself, or for ``"auto"`` ``AUTO_MAXNREG`` when a
+    4-warp launch of ``programs`` programs on a CUDA ``device`` has more programs than the SMs hold
+    uncapped (2 each), else 0. ``programs=None`` (launches the rule was not measured for): 0."""
+    if maxnreg != "auto":
+        return maxnreg
+    if programs is None or num_warps != 4 or device.type != "cuda":
+        return 0
+    return AUTO_MAXNREG if programs > 2 * _sm_count(device.index if device.index is not None else 0) else 0
 
 
 def _check_bwd(bwd):
@@ -500,8 +523,9 @@ if _INTERPRET:
     fix_interpreter_index()
 
 
-def _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg=None):
-    """Compile-time constants and launch options for one call (``None`` -> ``CONFIG``)."""
+def _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg=None, programs=None):
+    """Compile-time constants and launch options for one call (``None`` -> ``CONFIG``); ``programs``:
+    the launch's program count, for ``maxnreg="auto"``."""
     dk, dv = q.shape[-1], v.shape[-1]
     chunk = chunk or CONFIG["chunk"]
     _check_config(chunk, dot or CONFIG["dot"])
@@ -520,6 +544,7 @@ def _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg=None):
     launch = dict(num_warps=num_warps or CONFIG["warps"], num_stages=num_stages or CONFIG["stages"])
     maxnreg = CONFIG["maxnreg"] if maxnreg is None else maxnreg
     _check_maxnreg(maxnreg)
+    maxnreg = resolve_maxnreg(maxnreg, programs, launch["num_warps"], q.device)
     if maxnreg:
         launch["maxnreg"] = maxnreg
     main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32", APREC=aprec)
@@ -547,8 +572,8 @@ def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int
     arguments override ``CONFIG`` (tuning); backward must be called with the same ones."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg)
     seg, nseg = plan_segments(B * H, T, segment, chunk)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg, nseg * B * H)
     o = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
     s0_shape, gs_shape = state_shapes(B, T, H, dk, dv, segment, chunk)
     s0 = torch.empty(s0_shape, dtype=torch.float32, device=q.device)
@@ -580,10 +605,10 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
     start states instead of rebuilding it), from the same saved tensors."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg)
+    seg, nseg = plan_segments(B * H, T, segment, chunk)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg, nseg * B * H)
     bwd = bwd or CONFIG["bwd"]
     _check_bwd(bwd)
-    seg, nseg = plan_segments(B * H, T, segment, chunk)
     if do.stride(-1) != 1:
         do = do.contiguous()
     dq = torch.empty(B, T, H, dk, dtype=q.dtype, device=q.device)
