@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..models import COMPILE_SCOPES, compile_model, create_model, uncompile_blocks
+from ..models import check_compile_scope, compile_model, create_model, uncompile_blocks
 from ..models.flops import count_macs
 from .common import gpu_time_ms, matmul_tflops
 
@@ -146,8 +146,7 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
         if m not in MODES:
             raise ValueError(f"unknown mode {m!r}; choose from {MODES}")
     for scope in compile_scopes:
-        if scope not in COMPILE_SCOPES:
-            raise ValueError(f"unknown compile scope {scope!r}; choose from {COMPILE_SCOPES}")
+        check_compile_scope(scope)
     # (mode, compile scope) pairs: a compiled mode once per scope.
     runs = [(m, scope) for m in modes for scope in (compile_scopes if "compile" in m else (None,))]
     for r in resolutions:

@@ -18,16 +18,17 @@ from torch import nn
 COMPILE_SCOPES = ("model", "blocks")
 
 
-def _check_scope(scope: str) -> None:
+def check_compile_scope(scope: str) -> None:
+    """ValueError unless ``scope`` is one of ``COMPILE_SCOPES``."""
     if scope not in COMPILE_SCOPES:
-        raise ValueError(f"compile scope must be one of {COMPILE_SCOPES}, got {scope!r}")
+        raise ValueError(f"unknown compile scope {scope!r}; choose from {COMPILE_SCOPES}")
 
 
 def compile_model(model: nn.Module, scope: str = "model", **compile_kwargs) -> nn.Module:
     """The model to call: ``torch.compile(model, **compile_kwargs)`` for ``scope="model"``; for
     ``"blocks"``, ``model`` itself with each of ``model.blocks`` compiled in place (undo with
     :func:`uncompile_blocks`)."""
-    _check_scope(scope)
+    check_compile_scope(scope)
     if scope == "model":
         return torch.compile(model, **compile_kwargs)
     blocks = getattr(model, "blocks", None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from gladiff.models import COMPILE_SCOPES, compile_model
+from gladiff.models import check_compile_scope, compile_model
 
 EXECUTIONS = ("eager", "compile", "graph", "compile+graph")
 # The torch.compile backend of the compiled executions: torch.compile's default. Tests set "aot_eager"
@@ -84,8 +84,7 @@ def for_sampling(model, execution: str = "eager", device: torch.device | str = "
     ``gladiff.models.uncompile_blocks(model)`` (``sample_images`` does that when it is done)."""
     if execution not in EXECUTIONS:
         raise ValueError(f"unknown execution {execution!r}; choose from {EXECUTIONS}")
-    if compile_scope not in COMPILE_SCOPES:
-        raise ValueError(f"unknown compile scope {compile_scope!r}; choose from {COMPILE_SCOPES}")
+    check_compile_scope(compile_scope)
     if "graph" in execution and torch.device(device).type != "cuda":
         raise ValueError(f"execution {execution!r} uses CUDA graphs and needs a CUDA device, got {device}")
     if "compile" in execution:
