@@ -1,4 +1,5 @@
-"""Checkpoints that survive crashes: atomic writes, newest-valid discovery, strict loading.
+"""Checkpoints that survive crashes and damage: atomic writes, checksums, newest-valid discovery,
+strict loading, pruning that never loses the last good checkpoint.
 
 A checkpoint is one ``torch.save`` file ``<run_dir>/checkpoints/step-XXXXXXXX.pt`` holding::
 
@@ -6,17 +7,17 @@ A checkpoint is one ``torch.save`` file ``<run_dir>/checkpoints/step-XXXXXXXX.pt
      "scaler": state_dict | None, "data": {"epoch", "index"}, "rng": [per-rank RNG states],
      "config": resolved config dict, "model_spec": {...}, "data_info": {...}, "complete": True}
 
-It is written to a temporary file in the same folder, flushed and fsync-ed, then renamed over the
-final name (``os.replace`` is atomic on POSIX), so a crash or a full disk mid-write leaves every
-earlier checkpoint untouched. Everything inside is a tensor or plain Python data, so files load with
-``weights_only=True``.
+It is written to a temporary file in the same folder, flushed and fsync-ed, its SHA-256 recorded in
+``step-XXXXXXXX.pt.sha256``, then renamed over the final name (``os.replace`` is atomic on POSIX),
+so a crash or a full disk mid-write leaves every earlier checkpoint untouched
+(``checkpoint_files``). Loading verifies the checksum first; everything inside is a tensor or plain
+Python data, so files load with ``weights_only=True``.
 
 FSDP runs write sharded checkpoint folders ``step-XXXXXXXX.dcp/`` instead (``sharded_checkpoint``);
 listing, validation, pruning and ``model_weights`` here treat both kinds alike.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -26,70 +27,66 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import sharded_checkpoint
+# atomic_save, checkpoint_dir, fsync_dir, REQUIRED and UnsafeCheckpointError are used as checkpoint.X too.
+from .checkpoint_files import (REQUIRED, SIDECAR, UnsafeCheckpointError, atomic_save, checkpoint_dir,
+                               fsync_dir, load_record, note_unverified, sidecar, verify_sums)
+
 FORMAT = "gladiff-train-1"
 _NAME = re.compile(r"^step-(\d{8,})\.(?:pt|dcp)$")  # .dcp: a sharded checkpoint folder
-REQUIRED = ("format", "step", "model", "ema", "optimizer", "data", "rng", "config", "model_spec",
-            "data_info", "complete")
-
-
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step-{int(step):08d}.pt"
 
 
-# ----------------------------------------------------------------------------- writing
-def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` via a temporary file + fsync + rename; returns ``path``.
-
-    On any failure (disk full, killed process raising, ...) the temporary file is removed and
-    ``path`` (and its siblings) are left as they were.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable (its directory entry), where the OS allows opening
-    a folder; a no-op elsewhere."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def prune(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints (``keep == 0`` keeps all), and stale temp files."""
+# ----------------------------------------------------------------------------- pruning
+def prune(run_dir: str | Path, keep: int, just_written: str | Path | None = None) -> None:
+    """Delete stale temporary files and every checkpoint older than the ``keep`` newest *readable*
+    ones (``keep == 0`` keeps all). ``just_written`` (the checkpoint this run just wrote) is never
+    deleted and counts as readable without being read again; unreadable checkpoints newer than the
+    ``keep``-th readable one are left alone, so a damaged newest file can never make pruning delete
+    the last good checkpoint."""
     folder = checkpoint_dir(run_dir)
-    for stale in folder.glob(".step-*.pt.tmp-*"):
+    for stale in [*folder.glob(".step-*.pt.tmp-*"), *folder.glob(".step-*.pt.sha256.tmp-*")]:
         stale.unlink(missing_ok=True)
     for stale in [*folder.glob(".step-*.dcp.tmp"), *folder.glob(".step-*.dcp.old")]:
         shutil.rmtree(stale, ignore_errors=True)
+    for orphan in folder.glob(f"step-*.pt{SIDECAR}"):  # its file was never renamed into place
+        if not orphan.with_name(orphan.name[: -len(SIDECAR)]).exists():
+            orphan.unlink(missing_ok=True)
     if keep <= 0:
         return
-    for old in list_checkpoints(run_dir)[keep:]:
-        if old.is_dir():  # a sharded checkpoint folder
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+    just_written = Path(just_written) if just_written is not None else None
+    readable = 0
+    for path in list_checkpoints(run_dir):  # newest first
+        if path == just_written:
+            readable += 1
+        elif readable >= keep:
+            _remove(path)
+        elif _readable(path):
+            readable += 1
+
+
+def _readable(path: Path) -> bool:
+    """Whether the checkpoint ``path`` would load: its checksums match (or, without checksums, it
+    reads and validates completely)."""
+    try:
+        if verify_checkpoint(path) is None:
+            with warnings.catch_warnings():  # the note about missing checksums: said on load
+                warnings.simplefilter("ignore")
+                read_checkpoint(path)
+        return True
+    except ValueError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():  # a sharded checkpoint folder
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+        sidecar(path).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- finding / reading
@@ -102,42 +99,40 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load and validate one checkpoint file; ``ValueError`` if it is truncated, corrupt or foreign."""
+def verify_checkpoint(path: str | Path) -> set[str] | None:
+    """Check the checkpoint's recorded SHA-256 checksums (every file of a sharded folder); returns
+    the names of the files verified, ``None`` if it has no checksums (written by an older gladiff).
+    ``ValueError`` naming the file if one differs or is missing."""
     path = Path(path)
     if path.is_dir():
-        from .sharded_checkpoint import read
+        return verify_sums(path / sharded_checkpoint.SUMS, path)
+    return verify_sums(sidecar(path), path, only=path.name)
 
-        return read(path)
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load and validate one checkpoint file; ``ValueError`` if it is truncated, damaged (checksum),
+    corrupt or foreign, ``UnsafeCheckpointError`` if it asks to run code."""
+    path = Path(path)
+    if path.is_dir():
+        return sharded_checkpoint.read(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if verify_checkpoint(path) is None:  # before torch.load: damage is reported as damage
+        note_unverified(path)
     return load_record(path, path, FORMAT, REQUIRED, map_location=map_location)
-
-
-def load_record(file: Path, path: Path, fmt: str, required, kind: str = "", map_location="cpu") -> dict:
-    """Load the dict saved in ``file`` (of the checkpoint ``path``) and check that it is a complete
-    record of format ``fmt`` holding every key of ``required``; ``ValueError`` naming what is wrong.
-    ``kind`` qualifies the checkpoint in messages (e.g. ``"sharded "``)."""
-    try:
-        state = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, ... all mean "not usable"
-        raise ValueError(f"checkpoint {file} cannot be read ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or state.get("format") != fmt:
-        raise ValueError(f"{path} is not a gladiff {kind}training checkpoint (format {fmt!r})")
-    missing = [k for k in required if k not in state]
-    if missing or state.get("complete") is not True:
-        raise ValueError(f"{kind}checkpoint {path} is incomplete (missing {missing})")
-    return state
 
 
 def newest_valid_checkpoint(run_dir: str | Path, map_location="cpu") -> tuple[Path, dict] | None:
     """``(path, state)`` of the newest checkpoint that loads and validates, or ``None`` if none.
 
-    Unreadable newer files (a truncated write, a corrupted disk block) are skipped with a warning.
+    Unreadable or damaged newer files (a truncated write, a corrupted disk block) are skipped with a
+    warning. A file that asks to run code is not skipped: ``UnsafeCheckpointError``.
     """
     for path in list_checkpoints(run_dir):
         try:
             return path, read_checkpoint(path, map_location)
+        except UnsafeCheckpointError:
+            raise
         except ValueError as err:
             warnings.warn(f"skipping unusable checkpoint: {err}", stacklevel=2)
     return None
@@ -151,11 +146,18 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
         return p
     if not p.is_dir():
         raise FileNotFoundError(f"checkpoint or run folder {p} does not exist")
-    run_dir = p.parent if p.name == "checkpoints" and not (p / "checkpoints").is_dir() else p
-    found = newest_valid_checkpoint(run_dir)
+    found = newest_valid_checkpoint(run_dir_of(p))
     if found is None:
         raise ValueError(f"no valid checkpoint under {p}")
     return found[0]
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run folder of a run folder, of its ``checkpoints/`` folder or of a checkpoint in it."""
+    p = Path(path)
+    if _NAME.match(p.name) and p.parent.name == "checkpoints":
+        return p.parent.parent
+    return p.parent if p.name == "checkpoints" and not (p / "checkpoints").is_dir() else p
 
 
 # ----------------------------------------------------------------------------- model state
@@ -164,9 +166,7 @@ def model_weights(state: dict, which: str = "ema") -> dict:
     ``read_checkpoint``, whether it is a ``.pt`` file or a sharded folder (then loaded from the
     shards; under ``torchrun`` every rank must call it)."""
     if "sharded" in state:
-        from .sharded_checkpoint import read_full_weights
-
-        return read_full_weights(state["sharded"], which)
+        return sharded_checkpoint.read_full_weights(state["sharded"], which)
     return state[which]
 
 

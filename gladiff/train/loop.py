@@ -190,13 +190,12 @@ def _find_resume_point(cfg: TrainConfig, run_dir: Path):
 
 
 def save(run_dir: Path, step: int, position: DataPosition, state: TrainState, dist) -> Path | None:
-    """Write the checkpoint of ``step`` (rank 0; every rank contributes its RNG state); returns its
-    path on every rank."""
+    """Write the checkpoint of ``step`` (rank 0; every rank contributes its RNG state; under FSDP
+    every rank writes its shards) and prune older ones; returns its path on every rank."""
     rng = parallel.all_gather_objects(dist, checkpoint.capture_rng())
     if state.cfg.parallel == "fsdp":  # every rank writes its shards
-        return sharded_checkpoint.save(run_dir, step, position, rng, state, dist)
-    path = None
-    if dist.is_main:
+        path = sharded_checkpoint.save(run_dir, step, position, rng, state, dist)
+    elif dist.is_main:
         payload = {
             "format": checkpoint.FORMAT, "step": step, "model": state.model.state_dict(),
             "ema": state.ema.state_dict(), "optimizer": state.optimizer.state_dict(),
@@ -204,10 +203,11 @@ def save(run_dir: Path, step: int, position: DataPosition, state: TrainState, di
             "config": state.cfg.to_dict(), "model_spec": state.spec, "data_info": state.info,
             "complete": True,
         }
-        path = checkpoint.atomic_save(payload, checkpoint.checkpoint_path(run_dir, step))
-        checkpoint.prune(run_dir, state.cfg.keep_ckpts)
+        path = checkpoint.atomic_save(payload, checkpoint.checkpoint_path(run_dir, step), checksum=True)
+    if dist.is_main:
+        checkpoint.prune(run_dir, state.cfg.keep_ckpts, just_written=path)
     parallel.barrier(dist)
-    return parallel.broadcast_object(dist, path)
+    return parallel.broadcast_object(dist, path if dist.is_main else None)
 
 
 def restore(found: tuple[Path, dict], state: TrainState, dist) -> tuple[int, DataPosition]:

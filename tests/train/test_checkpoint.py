@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, newest-valid discovery, strict loading, RNG states."""
+"""Checkpoint files: atomic writes, checksums, newest-valid discovery, strict loading, pruning that
+keeps readable checkpoints, RNG states."""
 from __future__ import annotations
 
 import random
@@ -12,9 +13,9 @@ from gladiff.train import checkpoint as ckpt
 from tests.train.standins import TinyDigits, TinyEps, TinyNet, tiny_builder, state_equal
 
 
-def _train(tmp_path, steps, resume=False):
-    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=steps, global_batch_size=4, ckpt_every=2,
-                      keep_ckpts=0, log_every=1, device="cpu", tensorboard=False, resume=resume)
+def _train(tmp_path, steps, resume=False, **kw):
+    cfg = TrainConfig(**{**dict(run_dir=str(tmp_path / "run"), steps=steps, global_batch_size=4, ckpt_every=2,
+                                keep_ckpts=0, log_every=1, device="cpu", tensorboard=False, resume=resume), **kw})
     return train(cfg, dataset=TinyDigits(16), objective=TinyEps(), model_builder=tiny_builder,
                  progress=False)
 
@@ -36,7 +37,7 @@ def test_write_interrupted_half_way_leaves_previous_checkpoint(tmp_path, monkeyp
         _train(tmp_path, 4, resume=True)
     monkeypatch.undo()
     files = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert files == ["step-00000002.pt"]  # no half file, no stray temp file
+    assert files == ["step-00000002.pt", "step-00000002.pt.sha256"]  # no half file, no stray temp file
     after = ckpt.read_checkpoint(res.checkpoint)
     assert after["step"] == 2 and state_equal(before["model"], after["model"])
     # and the run continues from it
@@ -53,6 +54,67 @@ def test_truncated_newest_checkpoint_is_skipped_for_the_previous(tmp_path):
     assert path.name == "step-00000002.pt" and state["step"] == 2
     with pytest.warns(UserWarning):
         assert _train(tmp_path, 6, resume=True).step == 6
+
+
+def test_damage_inside_tensor_data_is_skipped_for_the_previous_checkpoint(tmp_path):
+    _train(tmp_path, 4)
+    newest = ckpt.checkpoint_path(tmp_path / "run", 4)
+    weight = ckpt.read_checkpoint(newest)["model"]["out.weight"]
+    data = bytearray(newest.read_bytes())
+    at = bytes(data).find(weight.numpy().tobytes())  # the tensor's own bytes inside the zip
+    assert at > 0
+    data[at + 4:at + 8] = b"\x00\x00\xc0\x7f"  # 4 bytes of it become a NaN: same length, still a valid zip
+    newest.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"step-00000004\.pt is damaged: step-00000004\.pt has SHA-256"):
+        ckpt.read_checkpoint(newest)
+    with pytest.warns(UserWarning, match=r"skipping unusable checkpoint.*step-00000004\.pt is damaged"):
+        path, state = ckpt.newest_valid_checkpoint(tmp_path / "run")
+    assert path.name == "step-00000002.pt" and state["step"] == 2
+    with pytest.warns(UserWarning, match="damaged"):
+        assert _train(tmp_path, 6, resume=True).step == 6  # resumed from step 2, rewrote step 4
+    assert ckpt.read_checkpoint(newest)["model"]["out.weight"].isfinite().all()
+    # Without its checksum the same damage loads silently: it is inside the tensor data.
+    newest.write_bytes(bytes(data))
+    ckpt.sidecar(newest).unlink()
+    with pytest.warns(UserWarning, match=rf"note: checkpoint {newest} has no recorded checksums"):
+        assert ckpt.read_checkpoint(newest)["model"]["out.weight"].isnan().sum() == 1
+
+
+def test_checkpoint_without_checksum_still_loads_with_a_note(tmp_path):
+    res = _train(tmp_path, 2)
+    expected = ckpt.read_checkpoint(res.checkpoint)
+    ckpt.sidecar(res.checkpoint).unlink()  # as gladiff wrote checkpoints before checksums
+    with pytest.warns(UserWarning, match="note: .*step-00000002.pt has no recorded checksums"):
+        state = ckpt.read_checkpoint(res.checkpoint)
+    assert state_equal(state["model"], expected["model"])
+    with pytest.warns(UserWarning, match="no recorded checksums"):
+        assert _train(tmp_path, 4, resume=True).step == 4
+
+
+def test_pruning_never_deletes_the_good_checkpoints_for_an_unreadable_newer_one(tmp_path, capsys):
+    """The reported case: an unreadable step-00000020.pt and --resume --keep-ckpts 1 deleted every
+    good checkpoint and reported one that no longer existed."""
+    run = tmp_path / "run"
+    _train(tmp_path, 15, ckpt_every=5)  # steps 5, 10, 15
+    (ckpt.checkpoint_dir(run) / "step-00000020.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="skipping unusable checkpoint.*step-00000020"):
+        res = _train(tmp_path, 16, resume=True, ckpt_every=5, keep_ckpts=1)
+    assert res.step == 16 and res.checkpoint.name == "step-00000016.pt"
+    assert ckpt.read_checkpoint(res.checkpoint)["step"] == 16  # the reported checkpoint exists and loads
+    # the newest readable one is kept; the unreadable newer file is left alone, not counted
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000020.pt", "step-00000016.pt"]
+    # Pruning by hand: the last readable checkpoint survives whatever is newer or unreadable.
+    ckpt.prune(run, keep=1)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000020.pt", "step-00000016.pt"]
+    (ckpt.checkpoint_dir(run) / "step-00000018.pt").write_bytes(b"\x00" * 64)
+    ckpt.prune(run, keep=3)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000020.pt", "step-00000018.pt",
+                                                           "step-00000016.pt"]
+    assert [p.name for p in ckpt.checkpoint_dir(run).iterdir() if p.suffix == ".sha256"] == ["step-00000016.pt.sha256"]
+    # The checkpoint just written is never removed, not even below `keep` newer readable ones.
+    ckpt.atomic_save(ckpt.read_checkpoint(res.checkpoint), ckpt.checkpoint_path(run, 20), checksum=True)
+    ckpt.prune(run, keep=1, just_written=res.checkpoint)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000020.pt", "step-00000016.pt"]
 
 
 def test_corrupted_bytes_and_foreign_files_are_not_checkpoints(tmp_path):

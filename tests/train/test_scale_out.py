@@ -78,6 +78,8 @@ def _copy_run(src: Path, dst: Path, keep_steps=None) -> Path:
     for p in ckpt.list_checkpoints(src):
         if keep_steps is None or int(p.name[5:13]) in keep_steps:
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, dst / "checkpoints" / p.name)
+            if p.is_file():  # with its checksum
+                shutil.copy2(ckpt.sidecar(p), dst / "checkpoints" / ckpt.sidecar(p).name)
     return dst
 
 
@@ -248,7 +250,7 @@ def test_newest_valid_skips_an_incomplete_sharded_checkpoint(runs, tmp_path):
     assert ckpt.newest_valid_checkpoint(run)[0] == newest
     shard = newest / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:100])  # a shard cut short
-    with pytest.warns(UserWarning, match="truncated"):
+    with pytest.warns(UserWarning, match=r"__0_0\.distcp has SHA-256"):  # the checksum sees it first
         path, state = ckpt.newest_valid_checkpoint(run)
     assert path == _at(run, 2) and state["step"] == 2 and "sharded" in state
     (newest / "meta.pt").unlink()
@@ -258,7 +260,8 @@ def test_newest_valid_skips_an_incomplete_sharded_checkpoint(runs, tmp_path):
     (tmp_path / "run" / "checkpoints" / ".step-00000006.dcp.tmp").mkdir()
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000004.dcp", "step-00000002.dcp"]
     ckpt.prune(run, keep=1)
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000004.dcp"]
+    # the incomplete step 4 is not counted, so step 2, the newest readable checkpoint, stays
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002.dcp", "step-00000004.dcp"]
 
 
 def test_sharded_meta_holds_what_a_pt_checkpoint_holds(runs):
