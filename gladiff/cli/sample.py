@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from gladiff.cli.train import int_or_str
@@ -64,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
     dist = parallel.init_distributed(args.device)
+    held = contextlib.ExitStack()
     try:
+        held.enter_context(_run_folder_lock(args.checkpoint, args.out, dist))
         trained = load_trained(args.checkpoint, use_ema=not args.raw_weights, device=dist.device,
                                objective_opts=parse_key_values(args.objective_opt))
         k = trained.info["num_classes"]
@@ -88,6 +91,19 @@ def run(args: argparse.Namespace) -> int:
             for path in write_outputs(args.out, images, labels, args.grid_count, nrow):
                 print(f"wrote {path}")
     finally:
+        held.close()
         parallel.shutdown(dist)
     return 0
+
+
+def _run_folder_lock(checkpoint: str, outs: list[str], dist):
+    """The run folder's lock (``RunLock``) when an output lies inside the run folder sampled from, so
+    that a trainer cannot start on that folder meanwhile, nor this while one runs; else no lock."""
+    from gladiff.train.checkpoint import run_dir_of
+    from gladiff.train.run_lock import RunLock
+
+    run_dir = run_dir_of(checkpoint).resolve()
+    if run_dir.is_dir() and any(run_dir in Path(o).resolve().parents for o in outs):
+        return RunLock(run_dir, dist)
+    return contextlib.nullcontext()
 

@@ -1,9 +1,10 @@
 """The training loop. Read it top to bottom: every feature is one call into a component.
 
-Components: ``parallel`` (processes, DDP, ``torch.compile``), ``sharding`` (FSDP2, activation checkpointing),
-``sharded_checkpoint`` (FSDP checkpoints), ``data_order`` (resumable example order), ``precision``
-(autocast, loss scaling, clipping), ``EMA``, ``checkpoint`` (atomic files, resume), ``RunLog``
-(bar, TensorBoard, metrics), ``StopSignals`` (SIGTERM/SIGINT), and ``gladiff.sample`` for grids.
+Components: ``RunLock`` (one trainer per run folder), ``parallel`` (processes, DDP, ``torch.compile``),
+``sharding`` (FSDP2, activation checkpointing), ``sharded_checkpoint`` (FSDP checkpoints),
+``data_order`` (resumable example order), ``precision`` (autocast, loss scaling, clipping), ``EMA``,
+``checkpoint`` (atomic checksummed files, resume, pruning), ``RunLog`` (bar, TensorBoard, metrics),
+``StopSignals`` (SIGTERM/SIGINT), and ``gladiff.sample`` for grids.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .data_order import BatchStream, DataPosition, batch_loader
 from .ema import EMA
 from .observe import RunLog
 from .precision import Precision, set_tf32
+from .run_lock import RunLock
 from .signals import StopSignals
 
 
@@ -55,7 +57,8 @@ def train(cfg: TrainConfig, *, dataset=None, objective=None, model_builder=build
     cfg.validate()
     dist = parallel.init_distributed(cfg.device)
     try:
-        result = _train(cfg, dist, dataset, objective, model_builder, progress)
+        with RunLock(cfg.run_dir, dist):  # a second trainer on this run folder is refused
+            result = _train(cfg, dist, dataset, objective, model_builder, progress)
     except BaseException:
         parallel.shutdown(dist, wait=False)  # other ranks may be gone: no barrier
         raise
