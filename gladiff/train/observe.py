@@ -1,10 +1,13 @@
 """What a running job shows: a progress bar with loss and img/s, TensorBoard scalars, metrics.jsonl.
 
 Only rank 0 writes; the loss shown is the mean over all ranks and over the last ``log_every`` steps.
+A run that resumes at step S first drops what an earlier process logged after S (those steps are
+trained again), so every step appears once in metrics.jsonl and in TensorBoard.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -25,8 +28,13 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                         disable=not (progress and dist.is_main), dynamic_ncols=True)
-        self.writer = _tensorboard_writer(self.run_dir / "tb") if tensorboard and dist.is_main else None
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a") if dist.is_main else None
+        self.writer = (_tensorboard_writer(self.run_dir / "tb", purge_step=start_step + 1)
+                       if tensorboard and dist.is_main else None)
+        self._metrics = None
+        if dist.is_main:
+            metrics = self.run_dir / "metrics.jsonl"
+            drop_rows_after(metrics, start_step)
+            self._metrics = open(metrics, "a")
         self._loss_sum = None
         self._count = 0
         self._t0 = self._start = time.perf_counter()
@@ -74,11 +82,37 @@ class RunLog:
             self._metrics.close()
 
 
-def _tensorboard_writer(folder: Path):
+def drop_rows_after(path: Path, step: int) -> None:
+    """Keep only the rows of the metrics file ``path`` up to ``step`` (and none that a crash left half
+    written); rewritten atomically, and only if something is dropped."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _tensorboard_writer(folder: Path, purge_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         warnings.warn("tensorboard is not installed: no TensorBoard scalars "
                       "(pip install 'gladiff[tensorboard]'); metrics.jsonl is still written", stacklevel=3)
         return None
-    return SummaryWriter(str(folder))
+    # Events from step purge_step on, logged by an earlier process, are hidden (they are replayed).
+    return SummaryWriter(str(folder), purge_step=purge_step)

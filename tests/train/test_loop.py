@@ -113,6 +113,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_metrics_hold_each_step_once_after_a_resume_replays_steps(tmp_path):
+    """Steps logged after the last checkpoint are trained again on resume: the earlier rows go."""
+    cfg = _cfg(tmp_path, steps=7, log_every=1, ckpt_every=4)  # checkpoints at 4 and 7
+    _run(cfg)
+    ckpt.checkpoint_path(cfg.run_dir, 7).unlink()  # as if killed after logging step 7, before saving it
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 8, "loss": 0.')  # and mid-way through a row
+    _run(_cfg(tmp_path, steps=8, log_every=1, ckpt_every=4, resume=True))  # resumes at 4
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+
+
 def test_keep_ckpts_prunes_old_files(tmp_path):
     cfg = _cfg(tmp_path, steps=8, ckpt_every=2, keep_ckpts=2)
     _run(cfg)
