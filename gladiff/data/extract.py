@@ -75,6 +75,10 @@ def extract_latents(source: str | os.PathLike, out: str | os.PathLike, *, image_
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    # Checked here, not by the DataLoader: that would fail after the manifest was written.
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers (--workers) must be an int >= 0 (0: decode in this process), "
+                         f"got {num_workers!r}")
     if Path(source).resolve() in Path(out).resolve().parents:
         raise ValueError(f"--out {str(out)!r} lies inside the image folder {str(source)!r}: "
                          "it would become a class folder")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +57,15 @@ def read_manifest(root: str | os.PathLike) -> dict:
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Write JSON to a temporary file and rename it over ``path`` (readers never see half a file)."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_shard(out: Path, k: int, arrays: dict[str, np.ndarray]) -> None:
@@ -68,12 +73,16 @@ def write_shard(out: Path, k: int, arrays: dict[str, np.ndarray]) -> None:
     so a killed writer leaves either no ``shard_XXXXX`` or a complete one."""
     tmp = out / f"{shard_name(k)}.tmp-{os.getpid()}"
     tmp.mkdir()
-    for name in ARRAYS:
-        with open(tmp / f"{name}.npy", "wb") as f:
-            np.save(f, arrays[name])
-            f.flush()
-            os.fsync(f.fileno())
-    os.rename(tmp, out / shard_name(k))
+    try:
+        for name in ARRAYS:
+            with open(tmp / f"{name}.npy", "wb") as f:
+                np.save(f, arrays[name])
+                f.flush()
+                os.fsync(f.fileno())
+        os.rename(tmp, out / shard_name(k))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def finalise_manifest(out: Path, settings: dict) -> dict | None:

@@ -48,8 +48,12 @@ def save_grid(path: str | Path, images: np.ndarray, nrow: int | None = None, sca
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a folder where the file should go: leave no temporary file
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -69,8 +73,12 @@ def write_npz(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
         raise ValueError(f"sample archives end in .npz, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, arr_0=images, arr_1=labels.astype(np.int64))
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, arr_0=images, arr_1=labels.astype(np.int64))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a folder where the file should go: leave no temporary file
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

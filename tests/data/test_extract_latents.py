@@ -155,3 +155,24 @@ def test_extract_errors(tiny_folder, small_vae_dir, tmp_path, capsys):
         extract_latents(tiny_folder, tiny_folder / "latents", vae=small_vae_dir)
     assert gladiff_main(["extract-latents", "--data", "digits", "--out", str(tmp_path / "o")]) == 2
     assert "--data must be imagefolder:PATH" in capsys.readouterr().err
+    # refused before anything is written (the DataLoader would refuse after the manifest exists)
+    assert gladiff_main(["extract-latents", "--data", str(tiny_folder), "--out", str(tmp_path / "w"),
+                         "--vae", str(small_vae_dir), "--workers", "-1", "--device", "cpu"]) == 2
+    assert not (tmp_path / "w").exists()  # no manifest, no folder
+    assert "num_workers (--workers) must be an int >= 0" in capsys.readouterr().err
+
+
+def test_a_failed_shard_or_manifest_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from gladiff.data import latents
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(json, "dump", full_disk)
+    arrays = {a: np.zeros(1) for a in latents.ARRAYS}
+    with pytest.raises(OSError, match="No space"):
+        latents.write_shard(tmp_path, 0, arrays)
+    with pytest.raises(OSError, match="No space"):
+        latents.write_json_atomic(tmp_path / latents.MANIFEST, {"complete": False})
+    assert list(tmp_path.iterdir()) == []

@@ -71,6 +71,18 @@ def test_grid_places_image_i_at_row_i_div_nrow(tmp_path):
     assert saved.shape == ((3 * 4 + 2) * 2, (2 * 5 + 2) * 2)  # default padding 2, enlarged twice
 
 
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    """The rename onto a folder of the output's name fails after the temporary file was written."""
+    images, labels = np.zeros((2, 4, 4, 3), np.uint8), np.arange(2)
+    (tmp_path / "s.npz").mkdir()
+    (tmp_path / "g.png").mkdir()
+    with pytest.raises(OSError):
+        write_npz(tmp_path / "s.npz", images, labels)
+    with pytest.raises(OSError):
+        save_grid(tmp_path / "g.png", images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "s.npz"]
+
+
 def test_class_labels():
     assert class_labels(7, 10, classes=[3, 1]).tolist() == [3, 1, 3, 1, 3, 1, 3]
     r = class_labels(1000, 10, seed=4)
