@@ -226,8 +226,11 @@ class DiG(DiffusionTransformer):
             raise ValueError(f"unknown dwconv_init {dwconv_init!r}; choose from {DWCONV_INITS}")
         if dwconv_backend not in DWCONV_BACKENDS:
             raise ValueError(f"unknown dwconv_backend {dwconv_backend!r}; choose from {DWCONV_BACKENDS}")
+        if intermediate_size is not None and (isinstance(intermediate_size, bool)
+                                              or not isinstance(intermediate_size, int) or intermediate_size < 1):
+            raise ValueError(f"intermediate_size must be a positive integer or None, got {intermediate_size!r}")
         hidden, heads = kwargs.get("hidden_size", 1152), kwargs.get("num_heads", 16)
-        if hidden % (2 * heads):
+        if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % (2 * heads):
             raise ValueError(f"DiG needs hidden_size divisible by 2 * num_heads (key dim D/2 split over "
                              f"heads); got hidden_size={hidden}, num_heads={heads}")
         self.scan_schedule = scan_schedule
