@@ -9,7 +9,8 @@ from gladiff.errors import UsageError
 def register(sub):
     p = sub.add_parser("models", help="list the model zoo with parameter counts and GMACs",
                        description="List DiG/DiT models with parameters and forward GMACs per image, split "
-                                   "into linear/conv layers and the token mixer (see gladiff.models.flops).")
+                                   "into linear/conv layers and the token mixer (counting rules: "
+                                   "docs/architecture.md).")
     p.add_argument("--image-size", type=int, default=256, help="image resolution in pixels (default 256)")
     p.add_argument("--latent-factor", type=int, default=8, help="VAE downsampling factor (default 8; 1 = pixels)")
     p.add_argument("--in-channels", type=int, default=4, help="channels of the model input (default 4: SD-VAE latents)")
@@ -51,5 +52,5 @@ def run(args) -> int:
             continue
         print(f"{r['name']:<10} {r['params']:>13,} {r['trainable']:>13,} {r['gmacs_linear_conv']:>12.2f} "
               f"{r['gmacs_mixer']:>8.2f} {r['gmacs_total']:>8.2f}")
-    print("mixer: attention 2*T^2*D per block; GLA chunked form (C=64), see gladiff/models/flops.py")
+    print("mixer: attention 2*T^2*D per block; GLA chunked form (C=64); counting rules in docs/architecture.md")
     return 0

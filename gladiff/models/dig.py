@@ -1,5 +1,5 @@
 """DiG: the DiT skeleton with Gated Linear Attention, SwiGLU and the Spatial Reorientation &
-Enhancement Module (SREM). See ``shared/docs/DIG_SPEC.md``.
+Enhancement Module (SREM). The network, exactly: ``docs/architecture.md``.
 
 SREM is a property of each block, not a tensor copy: tokens stay in raster order, block ``i`` scans
 in its own direction (the GLA operator owns the scan order) and runs its depth-wise conv in the

@@ -20,7 +20,7 @@ def test_default_batch_keeps_about_8k_latent_tokens():
 
 
 def test_linear_flops_match_the_spec_gmacs():
-    # DIG_SPEC: DiG-XL/2 114.67 GMACs (linear + conv) per 256x256 image forward; DiT-S/2 5.45.
+    # docs/architecture.md: DiG-XL/2 114.67 GMACs (linear + conv) per 256x256 image forward; DiT-S/2 5.45.
     assert _linear_flops("DiG", "XL/2", 256, 32, "train") == pytest.approx(2 * 3 * 114.67e9 * 32, rel=1e-3)
     assert _linear_flops("DiT", "S/2", 256, 4, "sample") == pytest.approx(2 * 5.45e9 * 4, rel=2e-3)
 

@@ -1,4 +1,4 @@
-"""The zoo: names, exact parameter counts and GMACs from DIG_SPEC, shapes and input errors."""
+"""The zoo: names, exact parameter counts and GMACs from docs/architecture.md, shapes and input errors."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from gladiff import create_model, list_models
 from gladiff.models.flops import model_summary
 
-# DIG_SPEC: p=2, C=4, 1000 classes, learned sigma, 32x32 latents; GMACs linear+conv at 256x256.
+# docs/architecture.md: p=2, C=4, 1000 classes, learned sigma, 32x32 latents; GMACs linear+conv at 256x256.
 SPEC = {
     "DiG-S/2": (33_081_632, 32_983_328, 5.49),
     "DiG-B/2": (130_748_192, 130_551_584, 21.88),
