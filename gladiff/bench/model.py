@@ -1,4 +1,4 @@
-"""Whole-model benchmark (BENCHMARKS.md's protocol): DiG vs DiT training steps and sampling passes.
+"""Whole-model benchmark (docs/benchmark_protocol.md): DiG vs DiT training steps and sampling passes.
 
 For each size (S/2, XL/2), resolution (latent = res / 8) and batch (``max(1, 32 * (256/res)^2)`` plus
 any fixed batch), both families run under every execution mode asked for, and the best mode counts:

@@ -1,11 +1,13 @@
-"""`gladiff bench`: DiG vs DiT throughput and memory (BENCHMARKS.md's protocol), or with ``--op`` the
-token mixer alone (GLA vs SDPA). Writes JSON (and a plot) into ``benchmarks/results/``."""
+"""`gladiff bench`: DiG vs DiT throughput and memory (the protocol of docs/benchmark_protocol.md), or
+with ``--op`` the token mixer alone (GLA vs SDPA). Writes JSON (and a plot) into ``benchmarks/results/``.
+Needs a CUDA GPU: without one it exits with an error, as it does when no measurement succeeded."""
 from __future__ import annotations
 
 import argparse
 import time
 
-from ..bench.common import environment, no_gpu_message, write_json
+from ..bench.common import environment, write_json
+from ..errors import GladiffError, UsageError, check_output_file
 from ..models.compiled import COMPILE_SCOPES
 from ..ops.dwconv import BACKENDS as DWCONV_BACKENDS
 
@@ -19,7 +21,8 @@ def register(subparsers) -> None:
                    help="image resolutions (default 256..2048 step 256; latent = res/8)")
     p.add_argument("--batch", nargs="+", type=int, default=[],
                    help="extra fixed batch sizes besides max(1, 32*(256/res)^2)")
-    p.add_argument("--work", nargs="+", default=["train", "sample"], choices=["train", "sample"])
+    p.add_argument("--work", nargs="+", default=["train", "sample"], choices=["train", "sample"],
+                   help="what is timed: a training step and/or a sampling forward pass (default both)")
     p.add_argument("--modes", nargs="+", default=None,
                    help="execution modes to try (eager compile graph); the best counts")
     p.add_argument("--dit-attn", nargs="+", default=["flash", "cudnn"], choices=["flash", "cudnn"],
@@ -52,16 +55,42 @@ def _op_shape(text: str) -> tuple[int, int, int]:
     """``"B,H,T"`` -> ``(B, H, T)``."""
     parts = text.split(",")
     if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"--op-shapes: expected B,H,T (three positive integers), got {text!r}")
+        raise UsageError(f"--op-shapes: expected B,H,T (three positive integers), got {text!r}")
     return tuple(int(p) for p in parts)
+
+
+def check_args(args) -> None:
+    """``UsageError`` for a flag that cannot work, before anything is measured (or a GPU is looked for)."""
+    from ..bench.model import MODES
+    from ..models import model_config
+
+    for size in args.models:
+        model_config(f"DiG-{size}")  # UsageError naming the zoo for an unknown size
+    for flag in ("res", "batch"):
+        for value in getattr(args, flag) or ():
+            if value < 1:
+                raise UsageError(f"--{flag} values must be >= 1, got {value}")
+    for flag in ("reps", "max_minutes"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
+    for mode in args.modes or ():
+        if mode not in MODES:
+            raise UsageError(f"--modes: unknown mode {mode!r}; choose from {' '.join(MODES)}")
+    for shape in args.op_shapes or ():
+        _op_shape(shape)
+    if args.out:
+        check_output_file(args.out, "--out", (".json",))
+    if args.plot:
+        check_output_file(args.plot, "--plot", (".png",))
 
 
 def run(args) -> int:
     import torch
 
+    check_args(args)
     if not torch.cuda.is_available():
-        print(no_gpu_message("gladiff bench"))
-        return 0
+        raise GladiffError("no CUDA GPU on this machine; nothing measured (run it on a machine with a GPU)")
     env = environment()
     if args.op:
         from ..bench.op import format_rows, run_op_bench
@@ -72,6 +101,8 @@ def run(args) -> int:
         print(f"\ncard: {env['card']}\n" + format_rows(rows))
         path = write_json(args.out or _default_out("op", env), dict(env, kind="op", rows=rows))
         print(f"wrote {path}")
+        if not any(r["eager_ms"] is not None for r in rows):
+            raise GladiffError(f"no measurement succeeded (the failures are printed above and kept in {path})")
         return 0
     from ..bench.model import format_rows as format_model_rows
     from ..bench.model import plot_rows, run_model_bench
@@ -90,4 +121,6 @@ def run(args) -> int:
     plot = args.plot or str(path).replace(".json", ".png")
     if plot_rows(result["summary"], plot):
         print(f"wrote {plot}")
+    if not any("img_s" in r for r in result["rows"]):
+        raise GladiffError(f"no measurement succeeded (the failures are printed above and kept in {path})")
     return 0

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
         description="Train the demo DiG on the built-in digits on whatever this machine has, then write "
                     "RUN_DIR/grid.png and RUN_DIR/samples.npz (100 samples per class). Rerunning reuses "
                     "the finished training; --fresh starts over.")
-    p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("--run-dir", default="runs/demo",
+                   help="folder for the checkpoints, grid.png, samples.npz and score.json (default runs/demo)")
     p.add_argument("--fresh", action="store_true", help="delete RUN_DIR's checkpoints and train again")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, default=None, help=f"training steps (default {DEMO_TRAIN['steps']})")

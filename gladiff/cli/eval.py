@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from gladiff.errors import UsageError, check_output_file, writing
+
 DIGIT_MAX_SIZE = 64
 
 
@@ -57,6 +59,12 @@ def _digit_images(source) -> np.ndarray | None:
 def run(args) -> int:
     from gladiff.eval.adm import ImageSource
 
+    # What can be checked before the features are computed.
+    for flag in ("batch_size", "image_size"):
+        if getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if args.json and args.json != "-":
+        check_output_file(args.json, "--json file", example="results.json")
     results: dict = {}
     source = ImageSource(args.samples)
     digits, images = args.digits, None
@@ -83,7 +91,7 @@ def run(args) -> int:
         if args.json == "-":
             print(text)
         else:
-            with open(args.json, "w") as f:
+            with writing("the results", args.json), open(args.json, "w") as f:
                 f.write(text + "\n")
     return 0
 

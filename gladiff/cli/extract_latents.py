@@ -9,6 +9,7 @@ import argparse
 import os
 
 from gladiff.data.vae import DEFAULT_VAE
+from gladiff.errors import UsageError, check_writable_dir
 
 
 def register(subparsers) -> None:
@@ -49,7 +50,12 @@ def run(args) -> int:
     spec = args.data if args.data.partition(":")[0] in KINDS else f"imagefolder:{args.data}"
     kind, path = parse_data_spec(spec)
     if kind != "imagefolder":
-        raise ValueError(f"--data must be imagefolder:PATH, got {args.data!r}")
+        raise UsageError(f"--data must be imagefolder:PATH, got {args.data!r}")
+    # What can be checked before the VAE is loaded and the images are encoded.
+    for flag, least in (("image_size", 1), ("batch_size", 1), ("shard_size", 1), ("workers", 0)):
+        if getattr(args, flag) < least:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= {least}, got {getattr(args, flag)}")
+    check_writable_dir(args.out, "--out folder")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = args.device
     if device is None and torch.cuda.is_available():

@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 from gladiff.cli.train import int_or_str
+from gladiff.errors import UsageError
 from gladiff.models import COMPILE_SCOPES
 from gladiff.sample.graphed import EXECUTIONS
 from gladiff.train.config import parse_key_values
@@ -28,9 +29,11 @@ def register(subparsers) -> None:
     p.add_argument("--classes", default=None,
                    help="comma-separated class indices, repeated in order (default: random classes, "
                         "or all classes with --per-class)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise and of random classes (default 0); the samples depend on it and "
+                        "--batch-size only")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (per process)")
-    p.add_argument("--sampler", default=None, help="sampler of the objective (default: its default)")
+    p.add_argument("--sampler", default=None, help="sampler of the objective (default: the objective's)")
     p.add_argument("--steps", default=None, type=int_or_str,
                    help="sampler steps, e.g. 250 or ddim50 (default: the objective's)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
@@ -58,12 +61,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gladiff.sample import class_labels, load_trained, make_decoder, sample_images, write_outputs
+    from gladiff.sample import (check_outputs, class_labels, load_trained, make_decoder, sample_images,
+                                write_outputs)
     from gladiff.train import parallel
     from gladiff.train.precision import Precision
 
-    if args.batch_size <= 0:
-        raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
+    # What can be checked before the model is loaded and the samples are computed.
+    for flag in ("batch_size", "num_samples", "per_class", "grid_count"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
+    classes = _parse_classes(args.classes)
+    check_outputs(args.out)
     dist = parallel.init_distributed(args.device)
     held = contextlib.ExitStack()
     try:
@@ -71,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
         trained = load_trained(args.checkpoint, use_ema=not args.raw_weights, device=dist.device,
                                objective_opts=parse_key_values(args.objective_opt))
         k = trained.info["num_classes"]
-        classes = [int(c) for c in args.classes.split(",") if c.strip()] if args.classes else None
         if args.per_class is not None:
             classes = classes if classes is not None else list(range(k))
             n = args.per_class * len(classes)
@@ -107,3 +115,12 @@ def _run_folder_lock(checkpoint: str, outs: list[str], dist):
         return RunLock(run_dir, dist)
     return contextlib.nullcontext()
 
+
+def _parse_classes(text: str | None) -> list[int] | None:
+    """``"3,7"`` -> ``[3, 7]``; None when not given."""
+    if not text:
+        return None
+    parts = [c.strip() for c in text.split(",") if c.strip()]
+    if not parts or not all(c.isdigit() for c in parts):
+        raise UsageError(f"--classes must be comma-separated class indices such as 3,7, got {text!r}")
+    return [int(c) for c in parts]

@@ -26,12 +26,25 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if ann.startswith("bool"):
             kw["action"] = argparse.BooleanOptionalAction
         elif ann.startswith("tuple"):
-            kw.update(type=float, nargs=f.metadata.get("nargs", 2))
+            n = f.metadata.get("nargs", 2)
+            kw.update(type=float, nargs=n, metavar=tuple(f"B{i + 1}" for i in range(n)))
         elif ann.startswith("int | str"):
             kw["type"] = int_or_str
         else:
             kw["type"] = {"int": int, "float": float}.get(ann.split(" ")[0], str)
-        parser.add_argument(flag, help=f"{help_} (default: {f.default})", **kw)
+        # A help text that already explains the default (e.g. "default: the dataset's own") keeps its own.
+        default = "" if "default" in help_ else f" (default: {_shown(f)})"
+        parser.add_argument(flag, help=help_ + default, **kw)
+
+
+def _shown(f) -> str:
+    """A field's default as typed on the command line / in YAML."""
+    value = f.default
+    if isinstance(value, bool):
+        return "--" + ("" if value else "no-") + f.name.replace("_", "-")
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value)
+    return str(value)
 
 
 def int_or_str(value: str):

@@ -181,6 +181,12 @@ class LatentDataset(ClassDataset):
         for s, c, lab in zip(self.shards, counts, labels):
             if len(lab) != c:
                 raise ValueError(f"shard {s} holds {len(lab)} latents, the manifest says {c}")
+            # A label >= num_classes would train as the model's null class (the guidance label).
+            if len(lab) and (lab.min() < 0 or lab.max() >= len(self.classes)):
+                k = len(self.classes)
+                raise ValueError(f"shard {s} of {str(self.root)!r} holds labels in [{lab.min()}, {lab.max()}], "
+                                 f"but the manifest lists {k} classes (labels 0..{k - 1}); the folder is "
+                                 "inconsistent: extract the latents again")
         self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
         self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from gladiff.errors import MissingDependencyError
+
 DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
 VAE_SCALE = 0.18215  # the SD VAE's scaling_factor; the fallback when a config lacks one
 DOWNSAMPLE = 8  # spatial reduction of the SD VAE: 256 px -> 32 latent
@@ -30,8 +32,9 @@ def load_vae(name_or_path: str | os.PathLike = DEFAULT_VAE, *, device: str | tor
     """
     try:
         from diffusers import AutoencoderKL
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("latent data needs diffusers: pip install 'gladiff[vae]'") from err
+    except ImportError as err:
+        raise MissingDependencyError(f"the VAE {os.fspath(name_or_path)!r} (latent data) needs diffusers, which is "
+                                     "not installed: pip install 'gladiff[vae]'") from err
     name = os.fspath(name_or_path)
     kwargs = {"torch_dtype": dtype}
     if importlib.util.find_spec("accelerate") is None:

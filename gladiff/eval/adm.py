@@ -75,10 +75,7 @@ class ImageSource:
             self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not self.files:
                 raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {self.path}")
-            from PIL import Image
-
-            with Image.open(self.files[0]) as im:
-                w, h = im.size
+            w, h = _read_image(self.files[0], size_only=True)
             self.shape = (len(self.files), h, w, 3)
         elif self.path.is_file():
             if not zipfile.is_zipfile(self.path):
@@ -135,13 +132,10 @@ class ImageSource:
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(n, *self.shape[1:])
 
     def _iter_folder(self, batch_size: int) -> Iterator[np.ndarray]:
-        from PIL import Image
-
         for start in range(0, len(self.files), batch_size):
             batch = []
             for p in self.files[start:start + batch_size]:
-                with Image.open(p) as im:
-                    arr = np.asarray(im.convert("RGB"))
+                arr = _read_image(p)
                 if arr.shape != self.shape[1:]:
                     raise ValueError(f"all images of {self.path} must have one size; {p} is "
                                      f"{arr.shape[1]}x{arr.shape[0]}, the first is {self.shape[2]}x{self.shape[1]}")
@@ -189,6 +183,19 @@ class ImageSource:
                 for piece in iter(lambda: f.read(1 << 20), b""):
                     digest.update(piece)
         return digest.hexdigest()
+
+
+def _read_image(path: Path, size_only: bool = False):
+    """The image file as uint8 RGB ``[H, W, 3]`` (or its ``(width, height)``); a file PIL cannot
+    decode is a ``ValueError`` naming it (a batch must not be scored with an image missing)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size if size_only else np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read image {path} ({type(err).__name__}: {err}); "
+                         "replace or remove it") from err
 
 
 def inception_extractor(weights: str | os.PathLike | None = None, device=None, batch_size: int = 64,

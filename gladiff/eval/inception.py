@@ -340,15 +340,21 @@ def load_inception(path: str | os.PathLike | None = None, device=None,
 
     Raises:
         InceptionWeightsNotFound: no file given / the file is missing (the message says where to get it).
-        ValueError: the file is not a state dict of this network.
+        ValueError: the file cannot be read as PyTorch weights, or is not a state dict of this network.
     """
     weights = resolve_weights_path(path)
+    net = InceptionV3()
+    try:
+        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a zip/pickle, or a pickle of other objects: not the weights either way
+        # torch's own text suggests weights_only=False, which would run code from the file: not shown.
+        raise ValueError(f"Inception weights file {str(weights)!r} is not a PyTorch state dict "
+                         f"({type(err).__name__}); expected {WEIGHTS_FILE} from {WEIGHTS_URL}") from err
+    load_state_dict_checked(net, state_dict)
     if check_hash and not file_sha256(weights).startswith(WEIGHTS_SHA256_PREFIX):
         warnings.warn(f"{weights} is not the published {WEIGHTS_FILE} (SHA-256 does not start with "
                       f"{WEIGHTS_SHA256_PREFIX}); scores may not be comparable to published ones",
                       stacklevel=2)
-    net = InceptionV3()
-    load_state_dict_checked(net, torch.load(weights, map_location="cpu", weights_only=True))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return net.to(device).eval().requires_grad_(False)
 

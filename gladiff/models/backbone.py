@@ -5,6 +5,8 @@ A subclass only says how to build its blocks; everything a user calls (``forward
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn as nn
 
@@ -28,13 +30,23 @@ class DiffusionTransformer(nn.Module):
                  depth: int = 28, num_heads: int = 16, class_dropout_prob: float = 0.1,
                  num_classes: int = 1000, learn_sigma: bool = True):
         super().__init__()
+        for name, value in (("patch_size", patch_size), ("in_channels", in_channels),
+                            ("hidden_size", hidden_size), ("depth", depth), ("num_heads", num_heads),
+                            ("num_classes", num_classes)):
+            _check_positive_int(name, value)
+        if isinstance(input_size, (list, tuple)) and len(input_size) == 2:
+            for value in input_size:
+                _check_positive_int("input_size", value)
+        else:
+            _check_positive_int("input_size", input_size)
+        if isinstance(class_dropout_prob, bool) or not 0.0 <= class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob is the probability of dropping a label, in [0, 1); "
+                             f"got {class_dropout_prob!r}")
         self.input_size = as_pair(input_size)
         if self.input_size[0] % patch_size or self.input_size[1] % patch_size:
             raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {patch_size}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.patch_size = patch_size
         self.in_channels = in_channels
         self.learn_sigma = learn_sigma
@@ -162,6 +174,12 @@ class DiffusionTransformer(nn.Module):
         eps = torch.cat([guided, guided], dim=0)
         rest_cond = rest[: len(rest) // 2]
         return torch.cat([eps, torch.cat([rest_cond, rest_cond], dim=0)], dim=1)
+
+
+def _check_positive_int(name: str, value) -> None:
+    """``ValueError`` unless ``value`` is an integer >= 1 (a bool or a float such as 2.0 is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _tracing() -> bool:

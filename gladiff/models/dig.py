@@ -1,5 +1,5 @@
 """DiG: the DiT skeleton with Gated Linear Attention, SwiGLU and the Spatial Reorientation &
-Enhancement Module (SREM). See ``shared/docs/DIG_SPEC.md``.
+Enhancement Module (SREM). The network, exactly: ``docs/architecture.md``.
 
 SREM is a property of each block, not a tensor copy: tokens stay in raster order, block ``i`` scans
 in its own direction (the GLA operator owns the scan order) and runs its depth-wise conv in the
@@ -124,7 +124,8 @@ class GatedLinearAttention(nn.Module):
         gk = recomputed(self.log_forget_gate, gk, enabled=self.recompute_elementwise)
         o = gla(q.view(B, T, H, self.head_k_dim), k.view(B, T, H, self.head_k_dim),
                 v.view(B, T, H, self.head_v_dim), gk.view(B, T, H, self.head_k_dim),
-                scan=scan, reverse=reverse, grid=grid, backend=self.backend)
+                scan=scan, reverse=reverse, grid=grid, backend=self.backend,
+                check_gates=False)  # logsigmoid gates are <= 0: no value check (a GPU sync) per call
         o = recomputed(self.gated_norm, o, g.view(B, T, H, self.head_v_dim), enabled=self.recompute_elementwise)
         return self.o_proj(o.reshape(B, T, self.value_dim))
 
@@ -225,8 +226,11 @@ class DiG(DiffusionTransformer):
             raise ValueError(f"unknown dwconv_init {dwconv_init!r}; choose from {DWCONV_INITS}")
         if dwconv_backend not in DWCONV_BACKENDS:
             raise ValueError(f"unknown dwconv_backend {dwconv_backend!r}; choose from {DWCONV_BACKENDS}")
+        if intermediate_size is not None and (isinstance(intermediate_size, bool)
+                                              or not isinstance(intermediate_size, int) or intermediate_size < 1):
+            raise ValueError(f"intermediate_size must be a positive integer or None, got {intermediate_size!r}")
         hidden, heads = kwargs.get("hidden_size", 1152), kwargs.get("num_heads", 16)
-        if hidden % (2 * heads):
+        if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % (2 * heads):
             raise ValueError(f"DiG needs hidden_size divisible by 2 * num_heads (key dim D/2 split over "
                              f"heads); got hidden_size={hidden}, num_heads={heads}")
         self.scan_schedule = scan_schedule

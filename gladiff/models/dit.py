@@ -62,6 +62,8 @@ class DiT(DiffusionTransformer):
     family = "DiT"
 
     def __init__(self, *args, mlp_ratio: float = 4.0, **kwargs):
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be a number > 0, got {mlp_ratio!r}")
         self.mlp_ratio = mlp_ratio
         super().__init__(*args, **kwargs)
 

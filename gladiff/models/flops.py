@@ -1,4 +1,5 @@
-"""Compute per forward pass, counted in MACs (one multiply-add = 1), split the way DIG_SPEC reads it.
+"""Compute per forward pass, counted in MACs (one multiply-add = 1), split as docs/architecture.md
+("Counting compute") reads it.
 
 * ``linear_conv``: every ``nn.Linear`` and ``nn.Conv2d`` the forward runs (patch embedding, embedders,
   adaLN, projections, MLP/SwiGLU, depth-wise conv, final layer), measured by hooks on a shape-only

@@ -1,6 +1,7 @@
 """The model zoo as data: DiG and DiT at sizes S/B/L/XL with patch 2/4/8."""
 from __future__ import annotations
 
+import difflib
 import inspect
 
 from .backbone import DiffusionTransformer
@@ -66,7 +67,9 @@ def create_model(name: str, input_size=32, in_channels: int = 4, num_classes: in
     allowed = _accepted_options(cls)
     unknown = sorted(set(overrides) - allowed)
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for {name}; accepted: {sorted(allowed)}")
+        near = difflib.get_close_matches(unknown[0], sorted(allowed), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ValueError(f"unknown option(s) {unknown} for {name}; {hint}accepted: {sorted(allowed)}")
     cfg.update(overrides)
     model = cls(input_size=input_size, in_channels=in_channels, num_classes=num_classes,
                 learn_sigma=learn_sigma, **cfg)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gladiff.errors import UsageError, check_output_file, writing
 from gladiff.models import uncompile_blocks
 from gladiff.train import parallel
 from gladiff.train.parallel import Dist
@@ -78,18 +79,29 @@ def merge_shares(folder: Path, num_samples: int) -> np.ndarray:
     return out
 
 
+OUTPUT_SUFFIXES = (".npz", ".png")  # sample archive, grid
+
+
+def check_outputs(outs) -> list[Path]:
+    """Before sampling: each path of ``outs`` ends in ``.npz`` or ``.png``, is not a folder, and its
+    folder can be written (``UsageError`` / ``StorageError`` naming the path otherwise)."""
+    return [check_output_file(out, "output", OUTPUT_SUFFIXES) for out in outs]
+
+
 def write_outputs(outs, images: np.ndarray, labels: np.ndarray, grid_count: int = 100,
                   nrow: int | None = None) -> list[Path]:
     """Write each path of ``outs``: ``.npz`` -> all samples (ADM format); ``.png`` -> a grid of the
-    first ``grid_count`` samples (enlarged so small images stay visible)."""
+    first ``grid_count`` samples (enlarged so small images stay visible). A full disk is a
+    ``StorageError`` naming the file."""
     written = []
     for out in outs:
         out = Path(out)
-        if out.suffix == ".npz":
-            written.append(write_npz(out, images, labels))
-        elif out.suffix == ".png":
-            shown = images[:grid_count]
-            written.append(save_grid(out, shown, nrow=nrow, scale=max(1, 64 // shown.shape[1])))
-        else:
-            raise ValueError(f"output {out} must end in .npz (sample archive) or .png (grid)")
+        if out.suffix not in OUTPUT_SUFFIXES:
+            raise UsageError(f"output {out} must end in .npz (sample archive) or .png (grid)")
+        with writing("the samples", out, then="sample again"):
+            if out.suffix == ".npz":
+                written.append(write_npz(out, images, labels))
+            else:
+                shown = images[:grid_count]
+                written.append(save_grid(out, shown, nrow=nrow, scale=max(1, 64 // shown.shape[1])))
     return written

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gladiff.errors import check_writable_dir, writing
+
 from . import checkpoint, parallel, sharded_checkpoint, sharding
 from .build import build_dataset, build_model, build_objective, data_info, model_spec
 from .config import TrainConfig, save_config
@@ -68,6 +70,7 @@ def train(cfg: TrainConfig, *, dataset=None, objective=None, model_builder=build
 
 def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResult:
     run_dir = Path(cfg.run_dir)
+    check_run_dir(run_dir)  # before any work: an unwritable folder would surface only at the first save
     set_tf32(cfg.tf32)
     seed_everything(cfg.seed)  # same initial weights on every rank and for every world size
 
@@ -192,9 +195,25 @@ def _find_resume_point(cfg: TrainConfig, run_dir: Path):
     return found  # None: nothing to resume, start from scratch
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """``StorageError`` unless the run folder (and its checkpoint folder, if there is one) can be
+    written (or created)."""
+    check_writable_dir(run_dir, "run folder")
+    if checkpoint.checkpoint_dir(run_dir).exists():
+        check_writable_dir(checkpoint.checkpoint_dir(run_dir), "checkpoint folder")
+
+
 def save(run_dir: Path, step: int, position: DataPosition, state: TrainState, dist) -> Path | None:
     """Write the checkpoint of ``step`` (rank 0; every rank contributes its RNG state; under FSDP
-    every rank writes its shards) and prune older ones; returns its path on every rank."""
+    every rank writes its shards) and prune older ones; returns its path on every rank. A full disk
+    is a ``StorageError`` saying so (earlier checkpoints stay intact: every write goes to a
+    temporary file first)."""
+    with writing(f"the checkpoint of step {step}", checkpoint.checkpoint_dir(run_dir),
+                 then="continue with --resume (earlier checkpoints are intact)"):
+        return _save(run_dir, step, position, state, dist)
+
+
+def _save(run_dir: Path, step: int, position: DataPosition, state: TrainState, dist) -> Path | None:
     rng = parallel.all_gather_objects(dist, checkpoint.capture_rng())
     if state.cfg.parallel == "fsdp":  # every rank writes its shards
         path = sharded_checkpoint.save(run_dir, step, position, rng, state, dist)

@@ -20,7 +20,7 @@ def test_default_batch_keeps_about_8k_latent_tokens():
 
 
 def test_linear_flops_match_the_spec_gmacs():
-    # DIG_SPEC: DiG-XL/2 114.67 GMACs (linear + conv) per 256x256 image forward; DiT-S/2 5.45.
+    # docs/architecture.md: DiG-XL/2 114.67 GMACs (linear + conv) per 256x256 image forward; DiT-S/2 5.45.
     assert _linear_flops("DiG", "XL/2", 256, 32, "train") == pytest.approx(2 * 3 * 114.67e9 * 32, rel=1e-3)
     assert _linear_flops("DiT", "S/2", 256, 4, "sample") == pytest.approx(2 * 5.45e9 * 4, rel=2e-3)
 
@@ -70,11 +70,23 @@ def test_op_table_formats_missing_numbers():
     assert "col-rev" in text and "1.500" in text and " - " in text
 
 
-def test_bench_without_gpu_says_so_and_exits_zero(monkeypatch, capsys):
+def test_bench_without_gpu_is_an_error_of_one_line(monkeypatch, capsys):
+    """Nothing measured is a failure: a script running `gladiff bench` must see a non-zero status."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["bench"]) == 0
-    assert main(["bench", "--op"]) == 0
-    assert "no CUDA GPU" in capsys.readouterr().out
+    for argv in (["bench"], ["bench", "--op"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "gladiff bench: error:" in err and "no CUDA GPU" in err
+
+
+def test_bench_flags_are_checked_before_looking_for_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv, words in ((["--models", "Q/2"], "unknown model 'DiG-Q/2'"), (["--res", "0"], "--res"),
+                        (["--out", "x.txt"], "must end in .json"), (["--reps", "0"], "--reps"),
+                        (["--modes", "fast"], "unknown mode 'fast'")):
+        assert main(["bench", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "no CUDA GPU" not in err
 
 
 def test_environment_and_json(tmp_path):

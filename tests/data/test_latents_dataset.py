@@ -134,3 +134,17 @@ def test_save_latents_from_arrays(tmp_path):
         save_latents(tmp_path / "o2", mean, labels, classes=["a", "b"], image_size=16, vae="none")
     with pytest.raises(ValueError, match="mean must be"):
         save_latents(tmp_path / "o3", mean[:, :, 0], labels, classes=["a"] * 3, image_size=16, vae="none")
+
+
+@pytest.mark.parametrize("bad", [3, -1])
+def test_labels_outside_the_classes_are_refused(tmp_path, bad):
+    """Label 3 of 3 classes is the model's null (guidance) class: training would silently learn
+    those latents as unconditional. The folder is refused, naming the shard."""
+    rng = np.random.default_rng(0)
+    save_latents(tmp_path / "out", rng.normal(size=(7, 4, 2, 2)).astype(np.float32), np.arange(7) % 3,
+                 classes=["a", "b", "c"], image_size=16, vae="none", shard_size=3)
+    labels = np.load(tmp_path / "out" / "shard_00001" / "labels.npy")
+    labels[1] = bad
+    np.save(tmp_path / "out" / "shard_00001" / "labels.npy", labels)
+    with pytest.raises(ValueError, match=rf"shard_00001 .* labels in \[{min(bad, 0)}, {max(bad, 2)}\].* 3 classes"):
+        build_dataset(f"latents:{tmp_path / 'out'}", 16)

@@ -1,4 +1,4 @@
-"""The zoo: names, exact parameter counts and GMACs from DIG_SPEC, shapes and input errors."""
+"""The zoo: names, exact parameter counts and GMACs from docs/architecture.md, shapes and input errors."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from gladiff import create_model, list_models
 from gladiff.models.flops import model_summary
 
-# DIG_SPEC: p=2, C=4, 1000 classes, learned sigma, 32x32 latents; GMACs linear+conv at 256x256.
+# docs/architecture.md: p=2, C=4, 1000 classes, learned sigma, 32x32 latents; GMACs linear+conv at 256x256.
 SPEC = {
     "DiG-S/2": (33_081_632, 32_983_328, 5.49),
     "DiG-B/2": (130_748_192, 130_551_584, 21.88),
@@ -145,7 +145,37 @@ def test_bad_inputs_raise_clear_errors():
         m(x, torch.tensor([1, 2, 3]), y)
     with pytest.raises(ValueError, match="integer class labels"):
         m(x, t, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="did you mean 'depth'"):
+        create_model("DiG-S/2", **{**TINY, "detph": 2})
     no_null = create_model("DiG-S/2", class_dropout_prob=0.0, **TINY)
     assert no_null.null_label is None and m.null_label == 5
     with pytest.raises(ValueError, match=r"labels must be in \[0, 4\]"):
         no_null(x, t, torch.tensor([0, 5]))
+
+
+@pytest.mark.parametrize("name", ["DiG-S/2", "DiT-S/2"])
+@pytest.mark.parametrize("option,value,words", [
+    ("depth", 0, "depth must be a positive integer, got 0"),
+    ("depth", -2, "depth must be a positive integer, got -2"),
+    ("depth", 2.0, "depth must be a positive integer, got 2.0"),
+    ("input_size", 0, "input_size must be a positive integer, got 0"),
+    ("input_size", (8, 0), "input_size must be a positive integer, got 0"),
+    ("hidden_size", 0, "hidden_size must be a positive integer"),
+    ("num_heads", 0, "num_heads must be a positive integer"),
+    ("in_channels", 0, "in_channels must be a positive integer"),
+    ("num_classes", 0, "num_classes must be a positive integer"),
+    ("class_dropout_prob", 1.5, r"class_dropout_prob .* in \[0, 1\); got 1.5"),
+    ("class_dropout_prob", -0.1, r"class_dropout_prob .* in \[0, 1\); got -0.1"),
+])
+def test_construction_values_that_would_build_garbage_are_refused(name, option, value, words):
+    """Depth 0 built a model without blocks, input_size 0 one without tokens, a dropout
+    probability of 1.5 dropped every label: each is now a ValueError naming the option and value."""
+    with pytest.raises(ValueError, match=words):
+        create_model(name, **{**TINY, option: value})
+
+
+def test_family_options_are_checked():
+    with pytest.raises(ValueError, match="intermediate_size must be a positive integer or None, got 0"):
+        create_model("DiG-S/2", intermediate_size=0, **TINY)
+    with pytest.raises(ValueError, match="mlp_ratio must be a number > 0, got 0"):
+        create_model("DiT-S/2", mlp_ratio=0, **TINY)

@@ -169,3 +169,101 @@ def test_output_dtype_follows_input():
     q, k, v, g = make_inputs(1, 16, 1, 4, 4, dtype=torch.bfloat16)
     out = gla(q, k, v, g.float(), backend="chunk")
     assert out.dtype == torch.bfloat16 and out.shape == v.shape
+
+
+# ----------------------------------------------------------------------------- gate values (issue 16)
+def _with_minus_inf(g):
+    """``g`` with -inf gates: single channels, whole tokens, a run of tokens, the last token."""
+    g = g.detach().clone()
+    T = g.shape[1]
+    g[:, 5, :, 0] = float("-inf")
+    g[:, 20] = float("-inf")
+    g[:, 70:75, 1] = float("-inf")
+    g[:, T - 1] = float("-inf")
+    return g
+
+
+@pytest.mark.parametrize("scan,reverse", ORDERS)
+def test_minus_inf_gates_agree_between_backends(scan, reverse):
+    """-inf is a legitimate "forget everything" (the state times exp(-inf) = 0): the chunked form,
+    whose exponents are differences of cumulative gates (-inf - -inf = NaN), must give what the
+    recurrence gives, forward and backward, across chunks and sub-chunks."""
+    q, k, v, g = make_inputs(2, 150, 2, 4, 3)
+    g = _with_minus_inf(g)
+    xs = [x.requires_grad_(True) for x in (q, k, v, g)]
+    out = {}
+    for backend in ("recurrent", "chunk"):
+        o = gla(*xs, scan=scan, reverse=reverse, grid=(10, 15), backend=backend)
+        out[backend] = [o, *torch.autograd.grad((o * o).sum(), xs)]
+    for a, b in zip(out["chunk"], out["recurrent"]):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["recurrent", "chunk"])
+def test_minus_inf_gate_starts_afresh(backend):
+    """Independent of the recurrence: with a -inf gate on every channel of token u, the outputs from
+    u on are those of the sequence that starts at u (with an ordinary gate there), and the outputs
+    before u those of the prefix."""
+    q, k, v, g = make_inputs(1, 90, 2, 4, 3)
+    u = 67  # in the second chunk, not on a sub-chunk boundary
+    cut = g.clone()
+    cut[:, u] = float("-inf")
+    out = gla(q, k, v, cut, backend=backend)
+    fresh = gla(q[:, u:], k[:, u:], v[:, u:], g[:, u:], backend="recurrent")
+    prefix = gla(q[:, :u], k[:, :u], v[:, :u], g[:, :u], backend="recurrent")
+    torch.testing.assert_close(out[:, u:], fresh, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out[:, :u], prefix, rtol=1e-10, atol=1e-10)
+
+
+def test_minus_inf_gates_under_torch_compile():
+    """Traced, the chunked form cannot look for -inf gates first: it always counts them; the values
+    must still be the recurrence's (and the gate check must not break the graph)."""
+    q, k, v, g = make_inputs(1, 40, 1, 4, 4)
+    g[:, 12, :, 2] = g[:, 30] = float("-inf")
+    compiled = torch.compile(lambda *xs: gla(*xs, backend="chunk"), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, g), gla(q, k, v, g, backend="recurrent"),
+                               rtol=1e-9, atol=1e-9)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("bad", [0.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("backend", ["recurrent", "chunk"])
+def test_positive_or_nan_gates_are_refused(bad, backend):
+    """A gate exp(g) > 1 grows the state without bound (outputs up to 1e18 or NaN): an error that
+    names the rule, unless the caller vouches for its gates (check_gates=False)."""
+    q, k, v, g = make_inputs(1, 16, 1, 4, 4)
+    g[0, 3, 0, 1] = bad
+    with pytest.raises(ValueError, match="must be <= 0"):
+        gla(q, k, v, g, backend=backend)
+    gla(q, k, v, g, backend=backend, check_gates=False)  # no check: the caller's responsibility
+
+
+def test_integer_tensors_are_refused():
+    """Integer inputs would be truncated inside the kernels: refused, naming the tensor."""
+    q, k, v, g = make_inputs(1, 8, 1, 2, 2)
+    as_int = lambda x: (x * 10).to(torch.int32)  # noqa: E731
+    with pytest.raises(ValueError, match="q must be a floating-point tensor, got torch.int32"):
+        gla(as_int(q), as_int(k), as_int(v), g, backend="chunk")
+    with pytest.raises(ValueError, match="g must be a floating-point tensor"):
+        gla(q, k, v, as_int(g), backend="chunk")
+
+
+def test_dig_does_not_check_its_gates(monkeypatch):
+    """DiG's gates are logsigmoid(.) / 16 <= 0 by construction: its forward pass must not pay the
+    value check (a device sync per block on a GPU, impossible inside CUDA graphs)."""
+    import importlib
+
+    from gladiff import create_model
+
+    gla_module = importlib.import_module("gladiff.ops.gla")  # the package; `gladiff.ops.gla` is the function
+
+    def fail(*args):
+        raise AssertionError("the gate values were checked")
+
+    monkeypatch.setattr(gla_module, "_check_gate_values", fail)
+    model = create_model("DiG-S/4", input_size=8, in_channels=1, num_classes=3, depth=1, hidden_size=32,
+                         num_heads=1)
+    model(torch.randn(2, 1, 8, 8), torch.tensor([1.0, 5.0]), torch.tensor([0, 2]))
+    with pytest.raises(AssertionError, match="checked"):  # the spy is live: a direct call reaches it
+        gla(*make_inputs(1, 4, 1, 2, 2, dtype=torch.float32))

@@ -199,3 +199,23 @@ def test_whole_dig_compiles_in_one_graph():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     out.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_minus_inf_gates_are_refused_not_returned_as_nan():
+    """The kernels take differences of cumulative log-gates (-inf - -inf = NaN), so `gla` refuses
+    -inf gates for this backend, naming the backends that compute them, instead of returning NaN."""
+    q, k, v, g, _ = make_inputs(1, 35, 2, 8, 12)
+    g[:, 4, :, 0] = float("-inf")
+    with pytest.raises(ValueError, match="does not support.*'chunk' or 'recurrent'"):
+        gla(q, k, v, g, backend="triton")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the Triton kernels give NaN for -inf gates (issue 16, item 7); when this "
+                          "passes, drop 'triton' from gladiff.ops.gla._NO_NEG_INF")
+def test_kernels_with_minus_inf_gates_match_recurrent():
+    q, k, v, g, do = make_inputs(1, 35, 2, 8, 12)
+    g[:, 4, :, 0] = g[:, 17] = float("-inf")
+    o = gla(q, k, v, g, scan="col", reverse=True, grid=(5, 7), backend="triton", check_gates=False)
+    ref = reference(q, k, v, g, do, 8 ** -0.5, "col", True, (5, 7))[0]
+    assert torch.isfinite(o).all() and rel(o, ref) < 1e-5

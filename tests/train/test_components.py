@@ -62,7 +62,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
 
 
 def test_config_errors_name_the_problem(tmp_path):
-    with pytest.raises(ValueError, match="unknown training config keys \\['stpes'\\]"):
+    with pytest.raises(ValueError, match="unknown training config key 'stpes'; did you mean 'steps'"):
         resolve_config(overrides={"stpes": 3})
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_config(overrides={"precision": "fp8"})

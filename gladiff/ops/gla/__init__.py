@@ -91,22 +91,32 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
 
 
 def gla(q, k, v, g, *, scale=None, scan: str = "row", reverse: bool = False, grid=None,
-        backend: str = "auto"):
+        backend: str = "auto", check_gates: bool = True):
     """Gated linear attention along a scan order of the token grid.
 
     Args:
-        q, k: ``[B, T, H, dk]`` queries and keys.
-        v: ``[B, T, H, dv]`` values.
-        g: ``[B, T, H, dk]`` log forget gates (<= 0; e.g. ``logsigmoid(.) / 16``).
+        q, k: ``[B, T, H, dk]`` queries and keys (floating point).
+        v: ``[B, T, H, dv]`` values (floating point, the dtype of ``q`` and ``k``).
+        g: ``[B, T, H, dk]`` log forget gates, floating point, each ``<= 0`` (e.g. ``logsigmoid(.) / 16``).
+            ``-inf`` means "forget everything" (the state is multiplied by exactly 0): ``recurrent``
+            and ``chunk`` compute it; the ``triton`` and ``fla`` kernels would return NaN and refuse
+            it. A positive or NaN gate is refused (it would grow the state without bound).
         scale: query scale, default ``dk ** -0.5``.
         scan: ``"row"`` (raster order) or ``"col"`` (column-major order of ``grid``).
         reverse: scan the order backwards.
         grid: ``(h, w)`` with ``h * w == T``; needed for ``scan="col"``.
         backend: one of ``BACKENDS``.
+        check_gates: check the values of ``g`` (``ValueError`` for a positive or NaN gate). It reads
+            every gate, a device sync on a GPU, so it is skipped while ``torch.compile`` traces and
+            while a CUDA graph is captured; callers whose gates are ``<= 0`` by construction (DiG's
+            ``logsigmoid`` gates) pass ``False`` to keep their hot path free of syncs.
 
     Returns:
         ``o: [B, T, H, dv]`` in the same raster token order and dtype as ``v``.
     """
+    for name, x in (("q", q), ("k", k), ("v", v), ("g", g)):
+        if not x.dtype.is_floating_point:  # integer tensors would be truncated inside the kernels
+            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if q.ndim != 4:
         raise ValueError(f"q must be [B, T, H, dk], got shape {tuple(q.shape)}")
     if k.shape != q.shape or g.shape != q.shape:
@@ -120,5 +130,36 @@ def gla(q, k, v, g, *, scale=None, scan: str = "row", reverse: bool = False, gri
     grid = check_scan(q.shape[1], scan, grid)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     backend = resolve_backend(backend, q.device, q.dtype)
+    if check_gates and not _tracing(g):
+        _check_gate_values(g, backend)
     fn = {"recurrent": gla_recurrent, "chunk": gla_chunk, "fla": _fla.gla_fla, "triton": _gla_triton}[backend]
     return fn(q, k, v, g, scale, scan=scan, reverse=bool(reverse), grid=grid)
+
+
+def _tracing(x: torch.Tensor) -> bool:
+    """Inside ``torch.compile`` tracing or a CUDA graph capture, where reading values is not possible."""
+    if torch.compiler.is_compiling():
+        return True
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+# Backends whose kernels take differences of cumulative log-gates without special-casing -inf: a
+# -inf gate gives NaN there (measured for "triton" under TRITON_INTERPRET=1; "fla" is assumed to
+# share the limitation until measured), so it is refused rather than returned as NaN.
+_NO_NEG_INF = ("triton", "fla")
+
+
+def _check_gate_values(g: torch.Tensor, backend: str) -> None:
+    """``ValueError`` if a log forget gate is positive or NaN, or ``-inf`` for a backend in
+    ``_NO_NEG_INF`` (one reduction over ``g`` when all is well)."""
+    neg_inf_ok = backend not in _NO_NEG_INF
+    ok = (g <= 0) if neg_inf_ok else ((g <= 0) & (g > float("-inf")))
+    if not g.numel() or bool(ok.all()):
+        return
+    bad = g[~(g <= 0)]
+    if bad.numel():
+        raise ValueError(f"g holds log forget gates, which must be <= 0 (a gate exp(g) <= 1); got "
+                         f"{bad.numel()} value(s) that are not, e.g. {bad[0].item()!r} (use e.g. "
+                         "logsigmoid(x) / 16; -inf is allowed and forgets everything)")
+    raise ValueError(f"g holds -inf gates, which backend {backend!r} does not support (its kernels would "
+                     "return NaN); use backend='chunk' or 'recurrent', which treat -inf as forgetting everything")

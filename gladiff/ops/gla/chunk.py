@@ -11,6 +11,10 @@ gates are:
   ``exp(b_t - b_r) * exp(b_r - b_s)``, both factors <= 1, so the product becomes a matmul;
 * across chunks, queries see the carried state through ``exp(b_t)`` and keys enter it through
   ``exp(b_last - b_s)``, both <= 1.
+
+A gate of ``-inf`` ("forget everything": the recurrence multiplies the state by exactly 0) would
+make such a difference ``-inf - -inf = NaN``; the cumulative sums therefore run over the finite
+gates, a running count of ``-inf`` gates goes beside them, and a decay whose span holds one is 0.
 """
 from __future__ import annotations
 
@@ -20,17 +24,37 @@ import torch.nn.functional as F
 from .order import is_identity, scan_order
 
 
-def _intra_chunk(q, k, b, c: int):
+def _decay_exponent(b_late, z_late, b_early, z_early):
+    """``b_late - b_early``, the log of the decay from the early to the late token, or ``-inf`` where
+    a ``-inf`` gate lies between them (``z``, the running count of ``-inf`` gates, differs; ``None``:
+    there are no ``-inf`` gates)."""
+    if z_late is None:
+        return b_late - b_early
+    return (b_late - b_early).masked_fill(z_late != z_early, float("-inf"))
+
+
+def _at(z, dims):
+    """``z`` with singleton dimensions inserted at ``dims`` (an int or a tuple), or None for None."""
+    if z is None:
+        return None
+    for d in (dims,) if isinstance(dims, int) else dims:
+        z = z.unsqueeze(d)
+    return z
+
+
+def _intra_chunk(q, k, b, z, c: int):
     """Causal decayed scores inside each chunk.
 
-    ``q, k, b: [..., C, dk]`` (b the inclusive cumulative log-gate within the chunk) ->
-    ``A: [..., C, C]`` with ``A[t, s] = sum_d q[t,d] k[s,d] exp(b[t,d] - b[s,d])`` for s <= t, else 0.
+    ``q, k, b, z: [..., C, dk]`` (b the inclusive cumulative sum of the finite log-gates within the
+    chunk, z the inclusive count of ``-inf`` gates or None without any) -> ``A: [..., C, C]`` with
+    ``A[t, s] = sum_d q[t,d] k[s,d] exp(b[t,d] - b[s,d])`` for s <= t, else 0.
     """
     *lead, C, dk = q.shape
     n = C // c
     qs, ks, bs = (x.reshape(*lead, n, c, dk) for x in (q, k, b))
+    zs = None if z is None else z.reshape(*lead, n, c, dk)
     # Diagonal sub-blocks: exact per-channel decay, masked before exp (upper triangle -> -inf).
-    diff = bs.unsqueeze(-2) - bs.unsqueeze(-3)  # [..., n, t, s, dk]
+    diff = _decay_exponent(bs.unsqueeze(-2), _at(zs, -2), bs.unsqueeze(-3), _at(zs, -3))  # [..., n, t, s, dk]
     causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
     diff = diff.masked_fill(~causal[:, :, None], float("-inf"))
     a_diag = torch.einsum("...itd,...isd,...itsd->...its", qs, ks, diff.exp())
@@ -38,8 +62,10 @@ def _intra_chunk(q, k, b, c: int):
         return a_diag.reshape(*lead, C, C)
     # Off-diagonal sub-blocks (j < i): split the decay at r_i, the last token before sub-chunk i.
     b_ref = torch.cat([torch.zeros_like(bs[..., :1, 0, :]), bs[..., :-1, -1, :]], dim=-2)
-    q_t = qs * (bs - b_ref.unsqueeze(-2)).exp()  # exponent <= 0
-    ex = b_ref[..., :, None, None, :] - bs[..., None, :, :, :]  # [..., i, j, s, dk]
+    z_ref = None if zs is None else torch.cat([torch.zeros_like(zs[..., :1, 0, :]), zs[..., :-1, -1, :]], dim=-2)
+    q_t = qs * _decay_exponent(bs, zs, b_ref.unsqueeze(-2), _at(z_ref, -2)).exp()  # exponent <= 0
+    ex = _decay_exponent(b_ref[..., :, None, None, :], _at(z_ref, (-2, -2)),
+                         bs[..., None, :, :, :], _at(zs, -4))  # [..., i, j, s, dk]
     before = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)  # j < i
     ex = ex.masked_fill(~before[:, :, None, None], float("-inf"))
     k_t = ks.unsqueeze(-4) * ex.exp()  # [..., i, j, s, dk]
@@ -53,7 +79,8 @@ def gla_chunk(q, k, v, g, scale: float, scan: str = "row", reverse: bool = False
               chunk_size: int = 64, sub_chunk: int = 16):
     """``q, k, g: [B, T, H, dk]``, ``v: [B, T, H, dv]`` -> ``o: [B, T, H, dv]``, raster order.
 
-    Computes in float32 (float64 for float64 inputs) and returns the input dtype.
+    Computes in float32 (float64 for float64 inputs) and returns the input dtype. A ``-inf`` gate
+    empties the state (a decay of exactly 0), as in the recurrence.
     """
     B, T, H, dk = q.shape
     dv = v.shape[-1]
@@ -73,15 +100,23 @@ def gla_chunk(q, k, v, g, scale: float, scan: str = "row", reverse: bool = False
         return x.reshape(B, H, -1, C, x.shape[-1])
 
     q, k, v, g = to_chunks(q) * scale, to_chunks(k), to_chunks(v), to_chunks(g)
-    b = g.cumsum(-2)
-    o = _intra_chunk(q, k, b, c) @ v
+    # A -inf gate would make differences of cumulative sums -inf - -inf = NaN. Sum the finite gates
+    # and count the -inf ones instead: a decay across a -inf gate is exactly 0 (``_decay_exponent``).
+    # Where looking costs no device sync and no graph break (CPU, eager), gates without -inf skip the
+    # count (the usual case: logsigmoid gates are finite).
+    reset = torch.isneginf(g)
+    if g.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(reset.any()):
+        b, z = g.cumsum(-2), None
+    else:
+        b, z = g.masked_fill(reset, 0.0).cumsum(-2), reset.to(torch.int32).cumsum(-2)
+    o = _intra_chunk(q, k, b, z, c) @ v
     N = q.shape[2]
     if N > 1:
-        b_last = b[..., -1:, :]
-        q_in = q * b.exp()
-        k_in = k * (b_last - b).exp()
+        b_last, z_last = b[..., -1:, :], None if z is None else z[..., -1:, :]
+        q_in = q * _decay_exponent(b, z, 0.0, 0).exp()
+        k_in = k * _decay_exponent(b_last, z_last, b, z).exp()
         updates = k_in.transpose(-1, -2) @ v  # [B, H, N, dk, dv]
-        decay = b_last.squeeze(-2).exp().unsqueeze(-1)  # [B, H, N, dk, 1]
+        decay = _decay_exponent(b_last, z_last, 0.0, 0).squeeze(-2).exp().unsqueeze(-1)  # [B, H, N, dk, 1]
         state = q.new_zeros(B, H, dk, dv)
         inter = [torch.zeros_like(o[:, :, 0])]
         for n in range(1, N):
