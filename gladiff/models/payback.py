@@ -40,23 +40,24 @@ class Payback:
 # by its zoo name ("DiG-XL/2"), then by its family ("DiG"); a model found in neither stays eager.
 # Options: train: "blocks" (``gladiff.models.compile_model(model, "blocks")``, in place mid-run);
 # sample: the executions of ``gladiff.sample.for_sampling`` ("graph", "compile+graph").
-# PROVISIONAL (2026-12-03): derived from the result files named on each line, not yet from
-# benchmarks/compile_payback.py; replace them with its output (it prints this table).
+# PROVISIONAL (2026-12-03): derived from the result files named on each line (under benchmarks/results/),
+# not yet from benchmarks/compile_payback.py; replace them with its output (it prints this table).
 SPEEDUPS: dict[str, dict[str, dict[str, Payback]]] = {
     "train": {
         # train_compile_H100_digits.json (DiG-S/2, 32 px, b64, H100, whole `gladiff train` runs):
         # eager 701 img/s, blocks 1369 img/s; the blocks run's fixed time 37.9 s above eager's.
         "DiG": {"blocks": Payback(speedup=1.95, setup_s=38.0)},
         # No whole-run measurement yet. Speedup: DiT-XL/2 256 b32 eager 99.6 ms
-        # (model_bench_H200_eager_graph_chunk64.json) vs compiled 70.0 ms (model_bench_H200_xl256_compile.json);
-        # setup: block-by-block compile+graph 6.9-9.5 s (model_bench_H200_256_blocks.json).
+        # (archive/model_bench_H200_eager_graph_chunk64.json) vs compiled 70.0 ms
+        # (archive/model_bench_H200_xl256_compile.json); setup: block-by-block compile+graph 6.9-9.5 s
+        # (archive/model_bench_H200_256_blocks.json).
         "DiT": {"blocks": Payback(speedup=1.42, setup_s=9.5)},
     },
     "sample": {
         # sampling_H200.json (S/2, 256 px, b32, DDIM 50 with guidance, ms per step): DiG eager 16.25,
         # graph 14.02, compile+graph 5.31; DiT 8.90 / 8.06 / 4.61. Setup of compile+graph:
-        # model_bench_sample_H200_final.json (DiG 20.7 s, DiT 11.2 s); of a capture alone: graph rows of
-        # model_bench_H200_eager_graph_chunk64.json (0.2-2.2 s), taken as 2 s.
+        # archive/model_bench_sample_H200_final.json (DiG 20.7 s, DiT 11.2 s); of a capture alone: graph
+        # rows of archive/model_bench_H200_eager_graph_chunk64.json (0.2-2.2 s), taken as 2 s.
         "DiG": {"graph": Payback(speedup=1.16, setup_s=2.0),
                 "compile+graph": Payback(speedup=3.06, setup_s=20.7)},
         "DiT": {"graph": Payback(speedup=1.10, setup_s=2.0),
