@@ -4,7 +4,9 @@ files hold the same (size, resolution, batch, work), the file given last wins (s
 the least to the most complete runs, e.g. runs that tried both compile scopes last); a summary row
 without a DiT measurement (a run cut short) is skipped.
 
-    python benchmarks/plot_results.py benchmarks/results/model_bench_H200_*.json --out benchmarks/results/model_bench_H200.png
+    python benchmarks/plot_results.py benchmarks/results/archive/model_bench_H200_*.json --out /tmp/model_bench_H200.png
+
+(``docs/performance.md``, "How to reproduce", gives the command of the current merged sweep.)
 """
 import argparse
 import json

@@ -136,12 +136,20 @@ def _linear_flops(family: str, size: str, res: int, batch: int, work: str) -> fl
 
 def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), work=("train", "sample"),
                     modes=None, dit_attn=("flash", "cudnn"), reps=10, gla_backend="auto", dwconv_backend="auto",
-                    compile_scopes=("model",), max_minutes: float | None = None, on_row=None) -> dict:
+                    compile_scopes=("model",), max_minutes: float | None = None, on_row=None,
+                    families=("DiG", "DiT"), default_batches: bool = True) -> dict:
     """Returns ``{"matmul_tflops", "rows", "summary"}``; ``rows`` has one entry per measurement,
     ``summary`` the best mode per (size, res, batch, work, family) and the DiG/DiT ratios.
-    ``on_row(result)`` is called after every measurement (e.g. to save partial results)."""
+    ``on_row(result)`` is called after every measurement (e.g. to save partial results).
+    ``families`` limits the run to DiG or DiT; ``default_batches=False`` measures only ``extra_batches``
+    (e.g. the batch of a training run being compared with the bench)."""
     resolutions = list(resolutions or DEFAULT_RESOLUTIONS)
     modes = list(modes or MODES)
+    families = tuple(families)
+    if not families or not set(families) <= {"DiG", "DiT"}:
+        raise ValueError(f"families must be DiG and/or DiT, got {families}")
+    if not default_batches and not extra_batches:
+        raise ValueError("no batch to measure: give extra batches, or keep the default batches")
     for m in modes:
         if m not in MODES:
             raise ValueError(f"unknown mode {m!r}; choose from {MODES}")
@@ -158,7 +166,7 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
     jobs = []
     for size in models:
         for res in resolutions:
-            for batch in sorted({default_batch(res), *extra_batches}):
+            for batch in sorted({*([default_batch(res)] if default_batches else []), *extra_batches}):
                 for w in work:
                     jobs.append((size, res, batch, w))
     rows = []
@@ -168,6 +176,8 @@ def run_model_bench(models=("S/2", "XL/2"), resolutions=None, extra_batches=(), 
     for size, res, batch, w in tqdm(jobs, desc="model bench"):
         flops = _linear_flops("DiG", size, res, batch, w), _linear_flops("DiT", size, res, batch, w)
         for family, lin in zip(("DiG", "DiT"), flops):
+            if family not in families:
+                continue
             for attn in (dit_attn if family == "DiT" else (None,)):
                 case = None
                 try:

@@ -21,6 +21,10 @@ def register(subparsers) -> None:
                    help="image resolutions (default 256..2048 step 256; latent = res/8)")
     p.add_argument("--batch", nargs="+", type=int, default=[],
                    help="extra fixed batch sizes besides max(1, 32*(256/res)^2)")
+    p.add_argument("--no-default-batch", action="store_true",
+                   help="measure only the --batch sizes, not max(1, 32*(256/res)^2) as well")
+    p.add_argument("--families", nargs="+", default=["DiG", "DiT"], choices=["DiG", "DiT"],
+                   help="model families to measure (default both; the ratio needs both)")
     p.add_argument("--work", nargs="+", default=["train", "sample"], choices=["train", "sample"],
                    help="what is timed: a training step and/or a sampling forward pass (default both)")
     p.add_argument("--modes", nargs="+", default=None,
@@ -113,7 +117,8 @@ def run(args) -> int:
     result = run_model_bench(models=args.models, resolutions=args.res, extra_batches=args.batch,
                              work=args.work, modes=args.modes, dit_attn=args.dit_attn, reps=args.reps,
                              dwconv_backend=args.dwconv_backend, compile_scopes=args.compile_scope,
-                             max_minutes=args.max_minutes, on_row=save)
+                             max_minutes=args.max_minutes, on_row=save, families=args.families,
+                             default_batches=not args.no_default_batch)
     path = save(result)
     print(f"\ncard: {env['card']}, bf16 matmul ceiling {result['matmul_tflops']:.0f} TFLOP/s\n"
           + format_model_rows(result["summary"]))

@@ -8,7 +8,7 @@ from pathlib import Path
 from gladiff.cli.train import int_or_str
 from gladiff.errors import UsageError
 from gladiff.models import COMPILE_SCOPES
-from gladiff.sample.graphed import EXECUTIONS
+from gladiff.sample.graphed import EXECUTION_CHOICES
 from gladiff.train.config import parse_key_values
 
 
@@ -41,12 +41,15 @@ def register(subparsers) -> None:
                    help="override an option of the training objective (repeatable)")
     p.add_argument("--raw-weights", action="store_true", help="sample the raw weights, not the EMA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="autocast precision of the model while sampling")
-    p.add_argument("--execution", default="eager", choices=EXECUTIONS,
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast precision of the model while sampling (default auto: bf16 on a CUDA "
+                        "GPU that has it, else fp32; fp32 opts out)")
+    p.add_argument("--execution", default="auto", choices=EXECUTION_CHOICES,
                    help="how the network runs: eager, compile (torch.compile), graph (each network pass "
-                        "replayed from a CUDA graph) or compile+graph; the samples are the same up to "
-                        "floating-point reassociation under compile")
+                        "replayed from a CUDA graph) or compile+graph; auto (default): eager on a CPU; on "
+                        "a GPU the first passes run eager and timed, then whichever of eager, graph and "
+                        "compile+graph the rest of the run pays back (docs/training.md). The samples are "
+                        "the same up to floating-point reassociation under compile")
     p.add_argument("--compile-scope", default="model", choices=COMPILE_SCOPES,
                    help="what --execution compile / compile+graph compiles: model (the whole network in one "
                         "graph, fuses across blocks; compile time grows with depth) or blocks (each block "

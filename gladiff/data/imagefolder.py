@@ -93,6 +93,8 @@ class ImageFolderDataset(ClassDataset):
     next readable index (same process, same substitute).
     """
 
+    reads_from_disk = True
+
     def __init__(self, root: str | os.PathLike, image_size: int, *, random_flip: bool = True):
         if not isinstance(image_size, numbers.Integral) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")

@@ -152,6 +152,7 @@ class LatentDataset(ClassDataset):
     """
 
     is_latent = True
+    reads_from_disk = True
 
     def __init__(self, root: str | os.PathLike, image_size: int | None = None, *,
                  random_flip: bool = True, posterior: str = "sample"):

@@ -122,6 +122,9 @@ class DDPM(Objective):
             self._respaced[key] = self.diffusion.respace(use)
         return self._respaced[key]
 
+    def _network_passes(self, sampler: str, steps) -> int:
+        return self.respaced(steps).num_timesteps  # both samplers: one pass per step of the chain
+
     def _run_sampler(self, sampler, denoise, x, steps, rng, progress, eta: float = 0.0):
         dif = self.respaced(steps)
         if sampler == "ddpm":

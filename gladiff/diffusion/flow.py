@@ -91,6 +91,9 @@ class FlowMatching(Objective):
             raise ValueError(f"steps must be positive, got {steps}")
         return steps
 
+    def _network_passes(self, sampler: str, steps: int) -> int | None:
+        return {"euler": steps, "heun": 2 * steps}.get(sampler)  # dopri5 adapts its steps: not known
+
     def _run_sampler(self, sampler, denoise, x, steps, rng, progress, **options):
         if sampler == "dopri5":
             return self._dopri5(denoise, x, progress, **options)

@@ -81,9 +81,20 @@ class Objective:
             x = self._run_sampler(sampler, denoise, x, steps, rng, progress, **options)
         return x
 
+    def network_passes(self, sampler: str | None = None, steps=None) -> int | None:
+        """How many times `sample` calls the network for one batch with this sampler and steps (a guided
+        call, conditional and null batch together, counts once), or None where that is not known in
+        advance (adaptive step sizes). Raises like `sample` for an unknown sampler or bad steps."""
+        sampler = self._resolve_sampler(sampler)
+        return self._network_passes(sampler, self._normalize_steps(
+            sampler, self.default_steps if steps is None else steps))
+
     # ------------------------------------------------------------------------------ subclass hooks
     def _normalize_steps(self, sampler: str, steps):
         raise NotImplementedError
+
+    def _network_passes(self, sampler: str, steps) -> int | None:
+        return None
 
     def _run_sampler(self, sampler, denoise, x, steps, rng, progress, **options) -> torch.Tensor:
         raise NotImplementedError

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from gladiff.errors import UsageError, check_output_file, writing
 from gladiff.models import uncompile_blocks
+from gladiff.models.payback import options_for
 from gladiff.train import parallel
 from gladiff.train.parallel import Dist
 
-from .generate import generate
-from .graphed import for_sampling
+from .auto import AutoExecution
+from .generate import generate, my_batches
+from .graphed import for_sampling, resolve_execution
 from .images import save_grid, write_npz
 from .load import Trained
 
@@ -30,18 +33,28 @@ def sample_images(trained: Trained, labels: torch.Tensor, *, seed: int = 0, batc
     """All samples for ``labels`` (``int64 [N]``) on rank 0 as ``(images uint8 [N, H, W, C],
     labels int64 [N])``; other ranks return ``None``. With several processes every rank writes
     its share under ``share_dir`` and rank 0 merges them (then deletes the shares). ``execution``:
-    how the network runs (``graphed.EXECUTIONS``: eager, compile, graph, compile+graph);
+    how the network runs (``graphed.EXECUTIONS``: eager, compile, graph, compile+graph; or ``"auto"``:
+    eager off CUDA, else decided while sampling by ``gladiff.sample.auto``);
     ``compile_scope``: what the compiled executions compile, ``"model"`` (one graph) or ``"blocks"``
     (each block; ``trained.model`` runs eagerly again afterwards)."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
-    model = for_sampling(trained.model, execution, dist.device, compile_scope)
+    execution = resolve_execution(execution, dist.device)
+    if execution == "auto":
+        passes_of = getattr(trained.objective, "network_passes", None)  # stand-in objectives lack it
+        passes = passes_of(sampler, steps) if passes_of else None
+        planned = len(my_batches(len(labels), batch_size, dist)) * (passes or 0)  # unknown: stays eager
+        model = AutoExecution(trained.model, dist.device, planned,
+                              options_for("sample", trained.spec.get("name")), compile_scope,
+                              report=tqdm.write if dist.is_main else (lambda line: None))
+    else:
+        model = for_sampling(trained.model, execution, dist.device, compile_scope)
     try:
         indices, images = generate(model, trained.objective, labels, trained.sample_shape,
                                    seed=seed, batch_size=batch_size, sampler=sampler, steps=steps,
                                    cfg_scale=cfg_scale, dist=dist, decode=decode, autocast=autocast,
                                    progress=progress)
     finally:
-        if "compile" in execution and compile_scope == "blocks":
+        if execution != "eager" and compile_scope == "blocks":  # auto may have compiled them
             uncompile_blocks(trained.model)  # the caller's model: leave it as it came
     if not dist.distributed:
         return images, labels.numpy()

@@ -26,7 +26,8 @@ from gladiff.errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARALLEL = ("ddp", "fsdp")
-COMPILE = ("none", "model", "blocks")  # "model"/"blocks": gladiff.models.compile_model's scopes
+# "model"/"blocks": gladiff.models.compile_model's scopes; "auto": gladiff.train.autocompile.
+COMPILE = ("auto", "none", "model", "blocks")
 
 
 def _opt(default, help: str, **kw):
@@ -46,7 +47,8 @@ class TrainConfig:
     data: str = _opt("digits", "digits | imagefolder:PATH | latents:PATH")
     image_size: int = _opt(16, "training resolution in pixels (latents: must match the extraction)")
     random_flip: bool | None = _opt(None, "random horizontal flips (default: the dataset's own)")
-    num_workers: int = _opt(0, "DataLoader worker processes per rank")
+    num_workers: int | str = _opt("auto", "DataLoader worker processes per rank; auto: 0 on a CPU and for the "
+                                          "in-memory digits, else up to 4 (data read from disk on a GPU)")
     # --- model
     model: str = _opt("DiG-S/2", "model zoo name, e.g. DiG-XL/2 or DiT-S/2")
     model_opts: dict = _opt({}, "create_model overrides (depth, hidden_size, num_heads, ...)")
@@ -72,9 +74,11 @@ class TrainConfig:
     activation_checkpointing: bool = _opt(False, "recompute each transformer block in the backward pass "
                                                  "instead of storing its activations (less memory, ~1/3 more compute)")
     # --- execution
-    compile: str = _opt("none", "torch.compile the training network: none | model (one graph for the whole "
-                                "network, fuses across blocks, compile time grows with depth) | blocks (each "
-                                "block compiled in place, seconds at any depth; docs/training.md)")
+    compile: str = _opt("auto", "torch.compile the training network: auto (none on a CPU; on a GPU blocks "
+                                "once a few timed eager steps show that the rest of the run pays the compile "
+                                "back) | none | model (one graph for the whole network, fuses across blocks, "
+                                "compile time grows with depth) | blocks (each block compiled in place, seconds "
+                                "at any depth; docs/training.md)")
     # --- observing
     log_every: int = _opt(100, "steps between logged scalars (bar, TensorBoard, metrics.jsonl)")
     tensorboard: bool = _opt(True, "TensorBoard scalars under RUN_DIR/tb when tensorboard is installed")
@@ -98,11 +102,13 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("steps", "global_batch_size", "log_every", "image_size"):
-            if getattr(self, name) <= 0:
+            if int(getattr(self, name)) <= 0:
                 raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("ckpt_every", "sample_every", "keep_ckpts", "num_workers", "warmup_steps"):
-            if getattr(self, name) < 0:
+        for name in ("ckpt_every", "sample_every", "keep_ckpts", "warmup_steps"):
+            if int(getattr(self, name)) < 0:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_workers != "auto" and not (isinstance(self.num_workers, int) and self.num_workers >= 0):
+            raise UsageError(f"num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise UsageError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.lr <= 0:

@@ -8,6 +8,7 @@ needs to continue the exact order.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,23 @@ class BatchStream(Sampler):
 
     def __len__(self):  # DataLoader asks; the stream is endless
         return 2**62
+
+
+MAX_AUTO_WORKERS = 4  # enough to keep a GPU step fed from latents or JPEGs; more only cost memory
+
+
+def resolve_num_workers(num_workers: int | str, dataset: Dataset, device_type: str,
+                        local_processes: int = 1, cpu_count: int | None = None) -> int:
+    """``num_workers`` as a number. ``"auto"``: 0 (load in the training process) on a CPU, where the
+    cores are the trainer's, and for data held in memory (the digits); else, for data read from
+    disk on a GPU (``dataset.reads_from_disk``), workers so that the GPU does not wait for the
+    reading: ``min(MAX_AUTO_WORKERS, cores per process - 1)``, at least 1."""
+    if num_workers != "auto":
+        return int(num_workers)
+    if device_type != "cuda" or not getattr(dataset, "reads_from_disk", False):
+        return 0
+    cores = (cpu_count or os.cpu_count() or 1) // max(1, local_processes)
+    return max(1, min(MAX_AUTO_WORKERS, cores - 1))
 
 
 def batch_loader(dataset: Dataset, stream: BatchStream, num_workers: int = 0,

@@ -1,13 +1,18 @@
 """The training loop. Read it top to bottom: every feature is one call into a component.
 
 Components: ``RunLock`` (one trainer per run folder), ``parallel`` (processes, DDP, ``torch.compile``),
-``sharding`` (FSDP2, activation checkpointing), ``sharded_checkpoint`` (FSDP checkpoints),
-``data_order`` (resumable example order), ``precision`` (autocast, loss scaling, clipping), ``EMA``,
-``checkpoint`` (atomic checksummed files, resume, pruning), ``RunLog`` (bar, TensorBoard, metrics),
-``StopSignals`` (SIGTERM/SIGINT), and ``gladiff.sample`` for grids.
+``autocompile`` (``--compile auto``), ``sharding`` (FSDP2, activation checkpointing), ``sharded_checkpoint``
+(FSDP checkpoints), ``data_order`` (resumable example order, loader workers), ``precision`` (autocast,
+loss scaling, clipping), ``EMA``, ``checkpoint`` (atomic checksummed files, resume, pruning), ``RunLog``
+(bar, TensorBoard, metrics), ``StopSignals`` (SIGTERM/SIGINT), ``StepChecks`` (NaN and stop checks
+without a GPU sync per step), and ``gladiff.sample`` for grids.
+
+Nothing in a step reads a GPU value on the host except on the steps that log, check or write, so the
+CPU prepares the next step while the GPU runs this one.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +21,14 @@ import numpy as np
 import torch
 
 from gladiff.errors import check_writable_dir, writing
+from gladiff.models.payback import options_for
 
 from . import checkpoint, parallel, sharded_checkpoint, sharding
+from .autocompile import AutoCompile, resolve_compile
 from .build import build_dataset, build_model, build_objective, data_info, model_spec
+from .checks import StepChecks
 from .config import TrainConfig, save_config
-from .data_order import BatchStream, DataPosition, batch_loader
+from .data_order import BatchStream, DataPosition, batch_loader, resolve_num_workers
 from .ema import EMA
 from .observe import RunLog
 from .precision import Precision, set_tf32
@@ -85,9 +93,7 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
     model, ema.model = sharding.prepare(model, ema.model, dist, cfg.parallel, cfg.activation_checkpointing,
                                         precision.dtype)
     state = TrainState(cfg, spec, info, model, ema,
-                       torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                         betas=tuple(cfg.betas)),
-                       precision)
+                       torch.optim.AdamW(model.parameters(), **adamw_options(cfg, dist.device)), precision)
     optimizer = state.optimizer
 
     # ---- where it starts: fresh, or exactly where the newest valid checkpoint left off
@@ -104,12 +110,21 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
     stream = BatchStream(len(dataset), cfg.global_batch_size, cfg.seed, dist.rank, dist.world_size,
                          position)
     worker_seed = torch.Generator().manual_seed(rank_seed(cfg.seed, dist.rank) + step)
-    batches = iter(batch_loader(dataset, stream, cfg.num_workers, dist.device.type == "cuda", worker_seed))
+    workers = resolve_num_workers(cfg.num_workers, dataset, dist.device.type,
+                                  int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    batches = iter(batch_loader(dataset, stream, workers, dist.device.type == "cuda", worker_seed))
     # What runs the forward pass: compiled (--compile) after FSDP sharding, inside DDP (see wrap_model).
     # The optimizer, the EMA and checkpoints keep using `model`: its parameters and state-dict keys.
-    net = parallel.wrap_model(model, dist, cfg.compile)
+    compile = resolve_compile(cfg.compile, dist.device)
+    net = parallel.wrap_model(model, dist, "none" if compile == "auto" else compile)
+    # Labels are checked on the host copy of each batch (check_labels): the model's own check of
+    # the device copy would make the CPU wait for the GPU at every step.
+    if hasattr(model, "validate_inputs"):
+        model.validate_inputs = False
     log = RunLog(run_dir, dist, step, cfg.steps, cfg.global_batch_size, cfg.log_every,
                  cfg.tensorboard, progress)
+    auto = AutoCompile(model, dist, options_for("train", cfg.model) if compile == "auto" else {}, step,
+                       cfg.steps, log.message)
     grids = SampleGrids(run_dir / "samples", objective, info, cfg, precision, dist)
     ema_full = sharding.FullCopy(lambda: model_builder(spec), dist)  # FSDP: grids sample a gathered copy
     log.message(f"{spec['name']} ({sum(p.numel() for p in model.parameters()):,} parameters), "
@@ -120,28 +135,35 @@ def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResul
 
     # ---- the loop
     with StopSignals() as stop:
+        checks = StepChecks(dist, stop)
         try:
             while step < cfg.steps:
                 x, y = next(batches)
+                check_labels(y, info["num_classes"])
                 x = x.to(dist.device, non_blocking=True)
                 y = y.to(dist.device, non_blocking=True)
                 lr = set_lr(optimizer, cfg, step)
                 with precision.autocast():
                     loss = objective.training_loss(net, x, y)["loss"]
                 precision.backward(loss)
-                nonfinite, stopping = parallel.any_flag(dist, not torch.isfinite(loss).item(),
-                                                        stop.requested)
-                if nonfinite:
-                    raise NonFiniteLossError(
-                        f"the loss became non-finite at step {step + 1} (here: {loss.item()}); "
-                        "stopping without saving. "
-                        f"Last good checkpoint: {last_ckpt or 'none'}. Lower --lr, set --grad-clip, "
-                        "or use --precision fp32/bf16 instead of fp16.")
-                grad_norm = precision.step(optimizer, model.parameters(), cfg.grad_clip)
+                grad_norm = precision.step(optimizer, model.parameters(), cfg.grad_clip,
+                                           measure_norm=log.due(step + 1))
                 ema.update(model)
                 step += 1
                 position = stream.advance(position)
+                checks.record(step, loss)
+                writes = (step == cfg.steps or _due(step, cfg.ckpt_every) or _due(step, cfg.sample_every)
+                          or log.due(step))
+                first_bad, stopping = checks.poll(step, force=writes)
+                if first_bad is not None:
+                    bad_step, value = first_bad
+                    raise NonFiniteLossError(
+                        f"the loss became non-finite at step {bad_step} (here: {value}); "
+                        "stopping without saving. "
+                        f"Last good checkpoint: {last_ckpt or 'none'}. Lower --lr, set --grad-clip, "
+                        "or use --precision fp32/bf16 instead of fp16.")
                 log.step(step, loss, grad_norm, lr)
+                auto.after_step(step)
 
                 if stopping or step == cfg.steps or _due(step, cfg.ckpt_every):
                     last_ckpt = save(run_dir, step, position, state, dist)
@@ -163,6 +185,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def adamw_options(cfg: TrainConfig, device: torch.device) -> dict:
+    """AdamW's arguments: the config's hyperparameters, and on a CUDA device the fused kernel (one
+    launch for all parameters, as ``gladiff bench`` times it) unless FSDP shards the parameters."""
+    opts = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    if device.type == "cuda" and cfg.parallel != "fsdp":
+        opts["fused"] = True
+    return opts
+
+
+def check_labels(y: torch.Tensor, num_classes: int) -> None:
+    """``ValueError`` unless every label of the host batch ``y`` lies in ``[0, num_classes)``."""
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"the data gave labels in [{int(y.min())}, {int(y.max())}], outside the "
+                         f"{num_classes} classes the model is built for")
 
 
 def rank_seed(seed: int, rank: int) -> int:

@@ -40,14 +40,19 @@ class RunLog:
         self._t0 = self._start = time.perf_counter()
         self._last_step = start_step
 
-    def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
-        """Record the step that just finished (``step`` = steps done so far)."""
+    def due(self, step: int) -> bool:
+        """Whether ``step`` (steps done) writes a log line: the loop reads the GPU there anyway."""
+        return step % self.log_every == 0
+
+    def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None, lr: float) -> None:
+        """Record the step that just finished (``step`` = steps done so far); ``grad_norm`` is only
+        read on the steps that are ``due``."""
         # Summing on the device avoids a host sync per step; the sync happens every log_every steps.
         loss = loss.detach().float()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._count += 1
         self.bar.update(1)
-        if step % self.log_every:
+        if not self.due(step):
             return
         mean_loss = parallel.mean_over_ranks(self.dist, self._loss_sum / self._count).item()
         elapsed = time.perf_counter() - self._t0

@@ -103,6 +103,8 @@ def wrap_model(model: torch.nn.Module, dist: Dist, compile: str = "none") -> tor
     """
     if compile not in COMPILE:
         raise ValueError(f"compile must be one of {COMPILE}, got {compile!r}")
+    if compile == "auto":  # decided while training: the loop passes "none" and AutoCompile compiles
+        raise ValueError("compile='auto' is resolved by gladiff.train.autocompile, not by wrap_model")
     net = model if compile == "none" else compile_model(model, compile, backend=COMPILE_BACKEND)
     if not dist.distributed or isinstance(model, FSDPModule):
         return net

@@ -28,8 +28,9 @@ class Precision:
 
     ``autocast()`` wraps the forward pass (bf16/fp16 compute, float32 weights);
     ``backward(loss)`` scales the loss for fp16 so small gradients do not flush to zero;
-    ``step(optimizer, params, max_norm)`` unscales, clips, steps and returns the global grad norm
-    (fp16 steps whose gradients overflowed are skipped by the scaler, which then lowers the scale).
+    ``step(optimizer, params, max_norm, measure_norm)`` unscales, clips, steps and returns the global
+    grad norm (fp16 steps whose gradients overflowed are skipped by the scaler, which then lowers the
+    scale); without clipping the norm is only computed when ``measure_norm`` (``None`` otherwise).
     """
 
     def __init__(self, name: str, device: torch.device):
@@ -46,12 +47,16 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer, params, max_norm: float = 0.0) -> torch.Tensor:
+    def step(self, optimizer: torch.optim.Optimizer, params, max_norm: float = 0.0,
+             measure_norm: bool = True) -> torch.Tensor | None:
         params = [p for p in params if p.grad is not None]
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
-        # max_norm == 0 means "no clipping": inf leaves the gradients as they are but still measures them.
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        norm = None
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        elif measure_norm:  # max_norm == 0 means "no clipping": measure without rescaling (a pass fewer)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if self.scaler is not None:
             self.scaler.step(optimizer)
             self.scaler.update()

@@ -10,25 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import gladiff.sample.load as load
 from gladiff.sample import (class_labels, generate, load_trained, make_grid, read_npz, sample_images,
                             save_grid, to_uint8, write_npz, write_outputs)
 from gladiff.sample.generate import my_batches
-from gladiff.train import TrainConfig, parallel, train
-from tests.train.standins import TinyDigits, TinyEps, tiny_builder
+from gladiff.train import parallel
+from tests.train.standins import TinyEps
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def trained_ckpt(tmp_path, monkeypatch):
-    """A checkpoint of the stand-in net, and ``load`` pointed at the stand-in builders."""
-    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=3, global_batch_size=8, device="cpu",
-                      tensorboard=False, log_every=1)
-    res = train(cfg, dataset=TinyDigits(16), objective=TinyEps(), model_builder=tiny_builder, progress=False)
-    monkeypatch.setattr(load, "build_model", tiny_builder)
-    monkeypatch.setattr(load, "build_objective", lambda name, opts: TinyEps())
-    return res.checkpoint
 
 
 def test_to_uint8_inverts_the_data_scaling_exactly():

@@ -77,9 +77,11 @@ def test_compiled_runs_equal_the_eager_run_and_resume_across_compile(tmp_path, c
 
 
 def test_compile_value_is_checked():
-    with pytest.raises(ValueError, match=r"compile must be one of \('none', 'model', 'blocks'\), got 'yes'"):
+    with pytest.raises(ValueError, match=r"compile must be one of \('auto', 'none', 'model', 'blocks'\), got 'yes'"):
         TrainConfig(compile="yes").validate()
     with pytest.raises(ValueError, match="compile must be one of"):
         wrap_model(TinyNet(), Dist(), "fast")
+    with pytest.raises(ValueError, match="resolved by gladiff.train.autocompile"):
+        wrap_model(TinyNet(), Dist(), "auto")
     with pytest.raises(ValueError, match="blocks"):  # compile=blocks needs a model with blocks
         wrap_model(TinyNet(), Dist(), "blocks")
