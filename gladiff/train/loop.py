@@ -65,6 +65,9 @@ def train(cfg: TrainConfig, *, dataset=None, objective=None, model_builder=build
     """Train as ``cfg`` says; ``dataset``/``objective``/``model_builder`` replace the ones built
     from the config (tests pass small stand-ins). Returns where the run ended."""
     cfg.validate()
+    # Before any work, and before the lock file is written into it: an unwritable folder would
+    # otherwise surface only at the first save.
+    check_run_dir(Path(cfg.run_dir))
     dist = parallel.init_distributed(cfg.device)
     try:
         with RunLock(cfg.run_dir, dist):  # a second trainer on this run folder is refused
@@ -78,7 +81,6 @@ def train(cfg: TrainConfig, *, dataset=None, objective=None, model_builder=build
 
 def _train(cfg, dist, dataset, objective, model_builder, progress) -> TrainResult:
     run_dir = Path(cfg.run_dir)
-    check_run_dir(run_dir)  # before any work: an unwritable folder would surface only at the first save
     set_tf32(cfg.tf32)
     seed_everything(cfg.seed)  # same initial weights on every rank and for every world size
 

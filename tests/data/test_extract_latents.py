@@ -159,7 +159,7 @@ def test_extract_errors(tiny_folder, small_vae_dir, tmp_path, capsys):
     assert gladiff_main(["extract-latents", "--data", str(tiny_folder), "--out", str(tmp_path / "w"),
                          "--vae", str(small_vae_dir), "--workers", "-1", "--device", "cpu"]) == 2
     assert not (tmp_path / "w").exists()  # no manifest, no folder
-    assert "num_workers (--workers) must be an int >= 0" in capsys.readouterr().err
+    assert "--workers must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_a_failed_shard_or_manifest_write_leaves_no_temporary_file(tmp_path, monkeypatch):
