@@ -15,6 +15,10 @@ in the same process; its rows are labelled ``triton-<impl>``. ``--bwds fused spl
 backward of the sequential implementation (``CONFIG["bwd"]``), rows ``triton-sequential-<bwd>``:
 
     python benchmarks/check_gla_gpu.py --backends triton --impls sequential --bwds fused split
+
+``--gate-logits N`` passes gate logits (bf16 in the bf16 runs, as DiG's autocast makes them) with
+``gate_logit_normalizer=N`` instead of log-gates; the reference forms ``logsigmoid(x) / N`` in float64
+and ``dg`` is the gradient on the logits.
 """
 from __future__ import annotations
 
@@ -80,15 +84,16 @@ def triton_bwd(name):
         triton_chunk.CONFIG["bwd"] = before
 
 
-def run(backend, q, k, v, g, do, scan, reverse, grid):
+def run(backend, q, k, v, g, do, scan, reverse, grid, normalizer=None):
     """``[o, dq, dk, dv, dg]`` of ``backend`` (``"triton-<impl>"``: the Triton backend with that
-    implementation of the kernels; ``"triton-sequential-<bwd>"``: and that backward)."""
+    implementation of the kernels; ``"triton-sequential-<bwd>"``: and that backward); ``g`` holds gate
+    logits when ``normalizer`` is given."""
     backend, _, impl = backend.partition("-")
     impl, _, bwd = impl.partition("-")
     xs = [x.detach().clone().requires_grad_(True) for x in (q, k, v, g)]
     poison()
     with triton_impl(impl or None), triton_bwd(bwd or None):
-        o = gla(*xs, scan=scan, reverse=reverse, grid=grid, backend=backend)
+        o = gla(*xs, scan=scan, reverse=reverse, grid=grid, backend=backend, gate_logit_normalizer=normalizer)
         grads = torch.autograd.grad(o, xs, do)
     return [o.detach()] + list(grads)
 
@@ -105,12 +110,14 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--cases", nargs="+", default=None,
                         help="only cases whose name contains one of these texts (default: all)")
-    parser.add_argument("--impls", nargs="+", default=None, choices=["sequential", "parallel"],
+    parser.add_argument("--impls", nargs="+", default=None, choices=["sequential", "parallel", "quadratic"],
                         help="check the triton backend with each of these kernel implementations "
                              "(default: the configured one, GLADIFF_GLA_TRITON impl=...)")
     parser.add_argument("--bwds", nargs="+", default=None, choices=["fused", "split"],
                         help="check the sequential kernels with each of these backwards (default: the "
                              "configured one, GLADIFF_GLA_TRITON bwd=...); rows triton-sequential-<bwd>")
+    parser.add_argument("--gate-logits", type=float, default=None, metavar="N",
+                        help="pass gate logits with gate_logit_normalizer=N instead of log-gates")
     args = parser.parse_args(argv)
     cases = [c for c in CASES if args.cases is None or any(s in c[0] for s in args.cases)]
     if not torch.cuda.is_available():
@@ -130,13 +137,17 @@ def main(argv=None):
         T = grid[0] * grid[1]
         for scan, reverse in ORDERS:
             q, k, v, g, do = make_inputs(B, T, H, dk, dv, gate_scale, "cuda")
-            ref = run("recurrent", *(x.double() for x in (q, k, v, g, do)), scan, reverse, grid)
+            n = args.gate_logits
+            if n is not None:  # logits exactly representable in bf16, up to +-8 (x30: +-240)
+                g = (torch.randn_like(g) * 4 * gate_scale).bfloat16().float()
+            ref = run("recurrent", *(x.double() for x in (q, k, v, g, do)), scan, reverse, grid, n)
             for dtype in args.dtypes:
                 dtype = getattr(torch, dtype)
                 qd, kd, vd, dod = (x.to(dtype) for x in (q, k, v, do))
+                gd = g.to(dtype) if n is not None else g  # logits in the inputs' dtype, log-gates float32
                 for backend in backends:
                     try:
-                        out = run(backend, qd, kd, vd, g, dod, scan, reverse, grid)
+                        out = run(backend, qd, kd, vd, gd, dod, scan, reverse, grid, n)
                         errs = {n: rel(a, r) for n, a, r in zip(names, out, ref)}
                     except Exception as err:  # recorded, and counted as a failure
                         errs = {n: float("nan") for n in names}
@@ -150,6 +161,7 @@ def main(argv=None):
                                      rel_err=errs, tol=TOL[dname], ok=ok))
         # Saved after every case, so a run cut short keeps what it checked.
         write_json(args.out, dict(environment(), tolerances=TOL, reference="recurrent, float64",
+                                  gate_logit_normalizer=args.gate_logits,
                                   metric="||out - ref|| / ||ref||", partial=True, rows=rows))
     # Table: worst error per backend, dtype, case over the four scan orders.
     print(f"\n{'backend':23} {'dtype':9} {'case':28} " + " ".join(f"{n:>8}" for n in names) + "  ok")

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gladiff.bench.common import capture_graph, environment, gpu_time_ms, write_json  # noqa: E402
 from gladiff.ops.gla import triton_chunk as K  # noqa: E402
 from gladiff.ops.gla import triton_parallel as P  # noqa: E402
+from gladiff.ops.gla import triton_quadratic as QD  # noqa: E402
 
 # DiG-S/2 at 256 (batch 32) and 2048 (batch 1, 4); DiG-XL/2 at 256 (batch 32) and 1024 (batch 2).
 SHAPES = [(32, 6, 256), (1, 6, 16384), (4, 6, 16384), (32, 18, 256), (2, 18, 4096)]
@@ -73,7 +74,7 @@ def main(argv=None):
         o_ref, s0, gs = K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side)
         ref = [o_ref, *K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, bwd="fused")]
         for impl, chunk, warps, dot, seg, bwd, cap in configs:
-            M = P if impl == "parallel" else K
+            M = {"parallel": P, "quadratic": QD}.get(impl, K)
             kw = dict(chunk=chunk, num_warps=warps, dot=dot)
             bwd_kw = {}
             if impl == "sequential":
@@ -117,10 +118,10 @@ def main(argv=None):
                                                             for r in sel) / len(sel))
     print("\nper shape, best total (fwd+bwd) kernel time:")
     # Best per implementation, the sequential one per backward ("sequential/split").
-    label = lambda r: r["impl"] if r["impl"] == "parallel" else f"sequential/{r['bwd']}"  # noqa: E731
+    label = lambda r: r["impl"] if r["impl"] != "sequential" else f"sequential/{r['bwd']}"  # noqa: E731
     # (and per register cap where several were swept: "sequential/split/168")
     if len(args.maxnregs) > 1:
-        label = lambda r: r["impl"] if r["impl"] == "parallel" else f"sequential/{r['bwd']}/{r['maxnreg']}"  # noqa: E731
+        label = lambda r: r["impl"] if r["impl"] != "sequential" else f"sequential/{r['bwd']}/{r['maxnreg']}"  # noqa: E731
     labels = list(dict.fromkeys(label(r) for r in rows))
     for key, ms in best_per_shape.items():
         per_impl = {name: min((r["total_ms"] for r in rows if (r["B"], r["H"], r["T"]) == key and label(r) == name),

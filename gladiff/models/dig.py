@@ -91,7 +91,7 @@ class GatedLinearAttention(nn.Module):
         # by default: on an H200 (DiG-XL/2 256 px, batch 32, compile+graph) it was 1% faster but
         # raised peak memory from 18.9 to 23.3 GB (benchmarks/results/dig_options_H200_*.json).
         self.fuse_projections = False
-        # Recompute the element-wise gate and norm regions in backward (their inputs are saved
+        # Recompute the element-wise output norm x gate region in backward (its inputs are saved
         # anyway): less activation memory for the same values and gradients.
         self.recompute_elementwise = True
 
@@ -121,16 +121,14 @@ class GatedLinearAttention(nn.Module):
         B, T, _ = x.shape
         H = self.num_heads
         q, k, v, g, gk = self.project(x)
-        gk = recomputed(self.log_forget_gate, gk, enabled=self.recompute_elementwise)
+        # The operator forms the log forget gates logsigmoid(gk) / normalizer from the logits (inside
+        # the Triton kernels: the float32 gate tensor is never written).
         o = gla(q.view(B, T, H, self.head_k_dim), k.view(B, T, H, self.head_k_dim),
                 v.view(B, T, H, self.head_v_dim), gk.view(B, T, H, self.head_k_dim),
-                scan=scan, reverse=reverse, grid=grid, backend=self.backend)
+                scan=scan, reverse=reverse, grid=grid, backend=self.backend,
+                gate_logit_normalizer=self.gate_logit_normalizer)
         o = recomputed(self.gated_norm, o, g.view(B, T, H, self.head_v_dim), enabled=self.recompute_elementwise)
         return self.o_proj(o.reshape(B, T, self.value_dim))
-
-    def log_forget_gate(self, logits):
-        """Gate logits -> log forget gates ``logsigmoid(logits) / normalizer`` (float32, <= 0)."""
-        return F.logsigmoid(logits.float()) / self.gate_logit_normalizer
 
     def gated_norm(self, o, g):
         """Per-head RMSNorm of the GLA output times ``swish(g)``, in float32, back in ``g``'s dtype."""

@@ -24,6 +24,13 @@ if not K._INTERPRET:
 BWDS = ["fused", "split"]
 
 
+@pytest.fixture(autouse=True)
+def sequential_impl(monkeypatch):
+    """This file tests the sequential kernels: pin them (``impl="auto"`` would take the quadratic
+    kernels for sequences of at most ``triton_quadratic.MAX_T`` tokens)."""
+    monkeypatch.setitem(K.CONFIG, "impl", "sequential")
+
+
 @pytest.fixture
 def bwd_kernel_passes(monkeypatch):
     """Records the ``(DQ_PASS, DKV_PASS)`` of every backward launch: proof of which backward ran."""

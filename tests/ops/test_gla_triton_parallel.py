@@ -113,7 +113,7 @@ def test_impl_is_validated(monkeypatch):
     K._config_from_env()
     assert K.CONFIG["impl"] == "parallel" and K.CONFIG["chunk"] == 16
     monkeypatch.setenv("GLADIFF_GLA_TRITON", "impl=fast")
-    with pytest.raises(ValueError, match="impl must be one of"):
+    with pytest.raises(ValueError, match="impl must be .auto. or one of"):
         K._config_from_env()
     with pytest.raises(ValueError, match="scan_block"):
         P.gla_fwd(*make_inputs(1, 16, 1, 8, 8)[:4], 0.5, False, False, 1, 16, scan_block=8)
@@ -126,7 +126,7 @@ def test_triton_impl_switches_and_restores():
     assert K.CONFIG["impl"] == before
     with triton_impl(None):
         assert K.CONFIG["impl"] == before
-    with pytest.raises(ValueError, match="implementation must be one of"):
+    with pytest.raises(ValueError, match="implementation must be .auto. or one of"):
         with triton_impl("fastest"):
             pass
 
@@ -147,14 +147,18 @@ def test_bf16_score_operands_keep_dg_precise(impl):
     assert rel(grads[3], ref[4]) < 1e-3
 
 
-@pytest.mark.parametrize("impl", ["sequential", "parallel"])
-def test_fake_impls_match_the_kernels(impl):
+@pytest.mark.parametrize("normalizer", [0.0, 16.0])
+@pytest.mark.parametrize("impl", ["sequential", "parallel", "quadratic"])
+def test_fake_impls_match_the_kernels(impl, normalizer):
     """torch.library.opcheck: the ops' schemas hold and their fake impls give the shapes and dtypes
-    each implementation really returns (saved tensors included), forward and backward."""
+    each implementation really returns (saved tensors included), forward and backward; with log-gates
+    and with bf16 gate logits (``normalizer``)."""
     from gladiff.ops.gla import triton_op  # noqa: F401  (registers the ops)
 
     q, k, v, g, do = make_inputs(1, 40, 1, 8, 8)
-    args = (0.3, True, False, 5, 8, impl)
+    if normalizer:
+        g = torch.randn(g.shape).bfloat16()
+    args = (0.3, True, False, 5, 8, impl, normalizer)
     checks = ("test_schema", "test_faketensor")
     torch.library.opcheck(torch.ops.gladiff.gla_fwd.default, (q, k, v, g, *args), test_utils=checks)
     _, s1, s2 = torch.ops.gladiff.gla_fwd(q, k, v, g, *args)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 from .._triton import TRITON_DTYPES as _TRITON_DTYPES
 from .._triton import check_triton_backend
@@ -44,14 +45,15 @@ __all__ = ["gla", "BACKENDS", "SCANS", "scan_order", "available_backends", "reso
 @contextlib.contextmanager
 def triton_impl(name: str | None):
     """Inside the ``with`` block, backend ``"triton"`` runs implementation ``name`` of its kernels
-    (``"sequential"`` or ``"parallel"``; ``None`` leaves the configured one, ``GLADIFF_GLA_TRITON``'s
-    ``impl=``). For benchmarks comparing both in one process; imports Triton when ``name`` is given."""
+    (``"sequential"``, ``"parallel"``, ``"quadratic"`` or ``"auto"``; ``None`` leaves the configured one,
+    ``GLADIFF_GLA_TRITON``'s ``impl=``). For benchmarks comparing them in one process; imports Triton
+    when ``name`` is given."""
     if name is None:
         yield
         return
     from .triton_chunk import CONFIG, IMPLS
-    if name not in IMPLS:
-        raise ValueError(f"GLA Triton implementation must be one of {IMPLS}, got {name!r}")
+    if name not in IMPLS + ("auto",):
+        raise ValueError(f"GLA Triton implementation must be 'auto' or one of {IMPLS}, got {name!r}")
     before, CONFIG["impl"] = CONFIG["impl"], name
     try:
         yield
@@ -91,13 +93,17 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
 
 
 def gla(q, k, v, g, *, scale=None, scan: str = "row", reverse: bool = False, grid=None,
-        backend: str = "auto"):
+        backend: str = "auto", gate_logit_normalizer: float | None = None):
     """Gated linear attention along a scan order of the token grid.
 
     Args:
         q, k: ``[B, T, H, dk]`` queries and keys.
         v: ``[B, T, H, dv]`` values.
-        g: ``[B, T, H, dk]`` log forget gates (<= 0; e.g. ``logsigmoid(.) / 16``).
+        g: ``[B, T, H, dk]`` log forget gates (<= 0; e.g. ``logsigmoid(.) / 16``), or gate logits
+            when ``gate_logit_normalizer`` is given.
+        gate_logit_normalizer: ``n``: ``g`` holds gate logits and the log forget gates are
+            ``logsigmoid(g) / n`` (GLA's gate; the Triton kernels form them as they load ``g``, so
+            the float32 log-gate tensor is never written; gradients flow to the logits).
         scale: query scale, default ``dk ** -0.5``.
         scan: ``"row"`` (raster order) or ``"col"`` (column-major order of ``grid``).
         reverse: scan the order backwards.
@@ -119,6 +125,13 @@ def gla(q, k, v, g, *, scale=None, scan: str = "row", reverse: bool = False, gri
         raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     grid = check_scan(q.shape[1], scan, grid)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if gate_logit_normalizer is not None and not gate_logit_normalizer > 0:
+        raise ValueError(f"gate_logit_normalizer must be a positive number, got {gate_logit_normalizer!r}")
     backend = resolve_backend(backend, q.device, q.dtype)
-    fn = {"recurrent": gla_recurrent, "chunk": gla_chunk, "fla": _fla.gla_fla, "triton": _gla_triton}[backend]
+    if backend == "triton":
+        return _gla_triton(q, k, v, g, scale, scan=scan, reverse=bool(reverse), grid=grid,
+                           gate_logit_normalizer=gate_logit_normalizer)
+    if gate_logit_normalizer is not None:  # in float32 at least (float64 stays float64)
+        g = F.logsigmoid(g.to(torch.promote_types(g.dtype, torch.float32))) / gate_logit_normalizer
+    fn = {"recurrent": gla_recurrent, "chunk": gla_chunk, "fla": _fla.gla_fla}[backend]
     return fn(q, k, v, g, scale, scan=scan, reverse=bool(reverse), grid=grid)

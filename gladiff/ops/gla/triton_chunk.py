@@ -65,9 +65,15 @@ from .._triton import fix_interpreter_index
 # gla_triton_tune_H200_split.json) but (32,6,256) 0.234 -> 0.263 (192 programs on 132 SMs, H100,
 # gla_triton_tune_H100_cap_t256.json): with room for every program the cap only adds spills.
 # "split" is 1-2% faster than "fused" at 16k tokens and 3-6% slower at 256, so "fused" stays.
-CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential", bwd="fused", maxnreg="auto")
+# impl "auto": "quadratic" (`triton_quadratic`: no state, for short sequences) up to its MAX_T tokens,
+# else "sequential" (resolve_impl).
+# intra: "fast" computes a chunk's intra-chunk decays as one product when its log-decay spans at most
+# FAST_SPAN (see `_intra_scores`), else and with "tree" by the binary tree (any gates).
+CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="auto", bwd="fused", maxnreg="auto",
+              intra="fast")
+INTRAS = ("fast", "tree")
 AUTO_MAXNREG = 168
-IMPLS = ("sequential", "parallel")
+IMPLS = ("sequential", "parallel", "quadratic")
 BWDS = ("fused", "split")
 
 
@@ -76,12 +82,18 @@ def _config_from_env():
         key, _, value = item.partition("=")
         if key not in CONFIG:
             raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
-        CONFIG[key] = value if key in ("dot", "impl", "bwd") or (key, value) == ("maxnreg", "auto") else int(value)
+        CONFIG[key] = value if key in ("dot", "impl", "bwd", "intra") or (key, value) == ("maxnreg", "auto") else int(value)
     _check_config(CONFIG["chunk"], CONFIG["dot"])
-    if CONFIG["impl"] not in IMPLS:
-        raise ValueError(f"GLADIFF_GLA_TRITON: impl must be one of {IMPLS}, got {CONFIG['impl']!r}")
+    if CONFIG["impl"] not in IMPLS + ("auto",):
+        raise ValueError(f"GLADIFF_GLA_TRITON: impl must be 'auto' or one of {IMPLS}, got {CONFIG['impl']!r}")
     _check_bwd(CONFIG["bwd"])
     _check_maxnreg(CONFIG["maxnreg"])
+    _check_intra(CONFIG["intra"])
+
+
+def _check_intra(intra):
+    if intra not in INTRAS:
+        raise ValueError(f"GLA Triton configuration: intra must be one of {INTRAS}, got {intra!r}")
 
 
 def _check_maxnreg(maxnreg):
@@ -241,7 +253,7 @@ def _level(b, offs_t, sh, BT: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _intra_scores(q, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+def _tree_scores(q, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
                   PREC: tl.constexpr):
     """``A[t, s] = sum_d q[t,d] k[s,d] exp(b[t,d] - b[s,d])`` for s <= t inside the chunk, else 0:
     the diagonal directly, every pair s < t at the tree level where t and s part, as a matmul."""
@@ -254,7 +266,7 @@ def _intra_scores(q, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: 
 
 
 @triton.jit
-def _intra_dq(P, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr, PREC: tl.constexpr):
+def _tree_dq(P, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr, PREC: tl.constexpr):
     """Intra-chunk ``dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s)`` for ``P[t, s] = do_t . v_s``
     (causal; unscaled): the diagonal, then each tree level as a matmul."""
     eye = offs_t[:, None] == offs_t[None, :]
@@ -266,9 +278,9 @@ def _intra_dq(P, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.c
 
 
 @triton.jit
-def _intra_scores_dk(q, k, b, P, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+def _tree_scores_dk(q, k, b, P, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
                      PREC: tl.constexpr, APREC: tl.constexpr):
-    """The scores ``A`` of ``_intra_scores`` (``q`` scaled; products in ``APREC``) and the intra-chunk
+    """The scores ``A`` of ``_tree_scores`` (``q`` scaled; products in ``APREC``) and the intra-chunk
     ``dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s)`` (in ``PREC``), sharing each tree level's decay
     factors."""
     eye = offs_t[:, None] == offs_t[None, :]
@@ -279,6 +291,90 @@ def _intra_scores_dk(q, k, b, P, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG
         qq = q * q_decay
         A += tl.where(same, _mm(qq, tl.trans(k * k_decay), APREC), 0.0)
         dk += k_decay * _mm(tl.trans(tl.where(same, P, 0.0)), qq, PREC)
+    return A, dk
+
+
+# The one-product form (below) is used for a chunk whose cumulative log-gates span at most this much
+# in every channel: its factors exp(+-(b - c)) then stay within exp(+-FAST_SPAN / 2) = 2.4e17, far from
+# float32's / bf16's range, and every product of two of them that is kept is exp(b_t - b_s) <= 1.
+FAST_SPAN = tl.constexpr(80.0)
+
+
+@triton.jit
+def _one_product_ok(b):
+    """Whether chunk ``b`` (cumulative log-gates ``[BT, BK]``) spans at most ``FAST_SPAN`` in every channel
+    (a scalar: the whole program takes one branch)."""
+    return tl.max(tl.max(b, axis=0) - tl.min(b, axis=0), axis=0) <= FAST_SPAN
+
+
+@triton.jit
+def _split_decay(b):
+    """``exp(b - c)``, ``exp(c - b)`` with ``c`` the middle of each channel's range in the chunk:
+    ``exp(b_t - b_s)`` is their product ``[t] * [s]``."""
+    c = 0.5 * (tl.max(b, axis=0) + tl.min(b, axis=0))
+    return tl.exp(b - c[None, :]), tl.exp(c[None, :] - b)
+
+
+@triton.jit
+def _with_diagonal(prod, diag, offs_t):
+    """The strictly causal part of ``prod`` plus ``diag`` on the diagonal: the diagonal (no decay, the
+    largest scores) is taken exactly in float32, not through the product's rounded operands."""
+    strict = offs_t[:, None] > offs_t[None, :]
+    return tl.where(strict, prod, tl.where(offs_t[:, None] == offs_t[None, :], diag[:, None], 0.0))
+
+
+@triton.jit
+def _intra_scores(q, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+                  PREC: tl.constexpr, FAST: tl.constexpr = False):
+    """``A[t, s] = sum_d q[t,d] k[s,d] exp(b[t,d] - b[s,d])`` for s <= t inside the chunk, else 0.
+    With ``FAST`` and a chunk whose log-decay spans at most ``FAST_SPAN``: one causally masked product
+    of ``q exp(b - c)`` and ``k exp(c - b)``; otherwise the binary tree (``_tree_scores``), exact for any
+    gates."""
+    if FAST:
+        if _one_product_ok(b):
+            qf, kf = _split_decay(b)
+            A = _with_diagonal(_mm(q * qf, tl.trans(k * kf), PREC), tl.sum(q * k, axis=1), offs_t)
+        else:
+            A = _tree_scores(q, k, b, offs_t, BT, BK, LOG2_BT, PREC)
+    else:
+        A = _tree_scores(q, k, b, offs_t, BT, BK, LOG2_BT, PREC)
+    return A
+
+
+@triton.jit
+def _intra_dq(P, k, b, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr, PREC: tl.constexpr,
+              FAST: tl.constexpr = False):
+    """Intra-chunk ``dq_t = sum_{s <= t} P[t, s] k_s exp(b_t - b_s)`` for a causal ``P[t, s] = do_t . v_s``
+    (unscaled): one product (``FAST``, see ``_intra_scores``) or the tree."""
+    if FAST:
+        if _one_product_ok(b):
+            qf, kf = _split_decay(b)
+            eye = offs_t[:, None] == offs_t[None, :]
+            dq = qf * _mm(tl.where(eye, 0.0, P), k * kf, PREC) + tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None] * k
+        else:
+            dq = _tree_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC)
+    else:
+        dq = _tree_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC)
+    return dq
+
+
+@triton.jit
+def _intra_scores_dk(q, k, b, P, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+                     PREC: tl.constexpr, APREC: tl.constexpr, FAST: tl.constexpr = False):
+    """The scores ``A`` of ``_intra_scores`` (``q`` scaled; products in ``APREC``) and the intra-chunk
+    ``dk_s = sum_{t >= s} P[t, s] q_t exp(b_t - b_s)`` (in ``PREC``; ``P`` causal): one product each
+    (``FAST``) or the tree, sharing the decay factors."""
+    if FAST:
+        if _one_product_ok(b):
+            qf, kf = _split_decay(b)
+            qq = q * qf
+            eye = offs_t[:, None] == offs_t[None, :]
+            A = _with_diagonal(_mm(qq, tl.trans(k * kf), APREC), tl.sum(q * k, axis=1), offs_t)
+            dk = kf * _mm(tl.trans(tl.where(eye, 0.0, P)), qq, PREC) + tl.sum(tl.where(eye, P, 0.0), axis=0)[:, None] * q
+        else:
+            A, dk = _tree_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
+    else:
+        A, dk = _tree_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
     return A, dk
 
 
@@ -323,7 +419,7 @@ def _fwd_kernel(
     T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
-    LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr,
+    LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr, FAST: tl.constexpr,
 ):
     """Outputs of segment j for one (batch, head); with segments, also stores its start state."""
     j = tl.program_id(0)
@@ -354,7 +450,7 @@ def _fwd_kernel(
         g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
-        A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, APREC)  # [t, s]
+        A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, APREC, FAST)  # [t, s]
         o = _mm(A, v, APREC) + _mm(q * tl.exp(b), S, SPREC)
         _store_rows(o_base, rows, sot, offs_v, mt, mv, o)
         S = _advance_state(S, k, v, b, b_last, PREC)
@@ -399,7 +495,7 @@ def _bwd_kernel(
     T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
-    LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr,
+    LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr, FAST: tl.constexpr,
     DQ_PASS: tl.constexpr = True, DKV_PASS: tl.constexpr = True,
 ):
     """Gradients of segment j for one (batch, head). ``DQ, DK_, DV_, DG`` are contiguous like
@@ -448,7 +544,7 @@ def _bwd_kernel(
             b = tl.cumsum(g, axis=0)
             b_last = tl.sum(g, axis=0)
             P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)  # do_t . v_s
-            dq = _intra_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC)
+            dq = _intra_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC, FAST)
             dq += tl.exp(b) * _mm(do, tl.trans(S), SPREC)
             dq = dq * scale
             _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq)
@@ -492,7 +588,7 @@ def _bwd_kernel(
             b = tl.cumsum(g, axis=0)
             b_last = tl.sum(g, axis=0)
             P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)
-            A, dk = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
+            A, dk = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC, FAST)
             decay_k = tl.exp(b_last[None, :] - b)
             dk += decay_k * _mm(v, tl.trans(dS), SPREC)
             dv = _mm(tl.trans(A), do, APREC)
@@ -523,7 +619,7 @@ if _INTERPRET:
     fix_interpreter_index()
 
 
-def _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg=None, programs=None):
+def _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg=None, programs=None, intra=None):
     """Compile-time constants and launch options for one call (``None`` -> ``CONFIG``); ``programs``:
     the launch's program count, for ``maxnreg="auto"``."""
     dk, dv = q.shape[-1], v.shape[-1]
@@ -547,7 +643,9 @@ def _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg=None, programs=No
     maxnreg = resolve_maxnreg(maxnreg, programs, launch["num_warps"], q.device)
     if maxnreg:
         launch["maxnreg"] = maxnreg
-    main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32", APREC=aprec)
+    intra = CONFIG["intra"] if intra is None else intra
+    _check_intra(intra)
+    main = dict(LOG2_BT=chunk.bit_length() - 1, SPREC="ieee" if full else "tf32", APREC=aprec, FAST=intra == "fast")
     return chunk, meta, launch, main
 
 
@@ -566,14 +664,15 @@ def _strides(x):
 
 def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
             segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
-            num_stages: int | None = None, dot: str | None = None, maxnreg: int | None = None):
+            num_stages: int | None = None, dot: str | None = None, maxnreg: int | None = None,
+            intra: str | None = None):
     """Forward. ``q, k, g: [B, T, H, dk]``, ``v: [B, T, H, dv]`` (last dim contiguous) ->
     ``(o [B, T, H, dv] in v's dtype, segment-start states, segment log-decays)``. The keyword
     arguments override ``CONFIG`` (tuning); backward must be called with the same ones."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
     seg, nseg = plan_segments(B * H, T, segment, chunk)
-    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg, nseg * B * H)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg, nseg * B * H, intra)
     o = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
     s0_shape, gs_shape = state_shapes(B, T, H, dk, dv, segment, chunk)
     s0 = torch.empty(s0_shape, dtype=torch.float32, device=q.device)
@@ -598,7 +697,7 @@ def gla_fwd(q, k, v, g, scale: float, scan_col: bool, reverse: bool, grid_h: int
 def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool, grid_h: int, grid_w: int,
             segment: int | None = None, chunk: int | None = None, num_warps: int | None = None,
             num_stages: int | None = None, dot: str | None = None, bwd: str | None = None,
-            maxnreg: int | None = None):
+            maxnreg: int | None = None, intra: str | None = None):
     """Backward: ``(dq, dk, dv, dg)``, contiguous, in the dtypes of ``q, k, v, g``. ``bwd`` (default
     ``CONFIG["bwd"]``): "fused" (one launch) or "split" (a dq launch, then a dk/dv/dg launch); the same
     gradients either way (up to float32 rounding: split takes each segment's end state from the saved
@@ -606,7 +705,7 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
     B, T, H, dk = q.shape
     dv = v.shape[-1]
     seg, nseg = plan_segments(B * H, T, segment, chunk)
-    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg, nseg * B * H)
+    chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg, nseg * B * H, intra)
     bwd = bwd or CONFIG["bwd"]
     _check_bwd(bwd)
     if do.stride(-1) != 1:

@@ -167,7 +167,7 @@ def _output_kernel(
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sob, sot, soh,
     T, H, grid_h, grid_w, COL, REVERSE, NC, BH, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    PREC: tl.constexpr, LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr,
+    PREC: tl.constexpr, LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr, FAST: tl.constexpr,
 ):
     """Outputs of chunk c for one (batch, head): intra-chunk part plus the start state's part."""
     c = tl.program_id(0)
@@ -181,7 +181,7 @@ def _output_kernel(
     b = tl.cumsum(g, axis=0)
     # The start state is the previous chunk's end state (zero for the first chunk).
     S = _load_state(ST, 0, bh, c - 1, BH, NC, c > 0, offs_k, offs_v, BK, BV)
-    A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, APREC)
+    A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, APREC, FAST)
     o = _mm(A, v, APREC) + _mm(q * tl.exp(b), S, SPREC)
     _store_rows(O + b_idx * sob + h_idx * soh, rows, sot, offs_v, mt, mv, o)
 
@@ -192,7 +192,7 @@ def _grad_kernel(
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sdb, sdt, sdh,
     T, H, grid_h, grid_w, COL, REVERSE, NC, BH, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    PREC: tl.constexpr, LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr,
+    PREC: tl.constexpr, LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr, FAST: tl.constexpr,
 ):
     """``dq, dk, dv, dg`` of chunk c for one (batch, head) from its start state ``S_c``, end state
     ``S_{c+1}`` (``ST[0]``, chunk-end states) and the gradient on its end state (``ST[1]`` holds the
@@ -223,12 +223,12 @@ def _grad_kernel(
     tail = tl.sum(S * dS, axis=1)
     P = tl.where(offs_t[:, None] >= offs_t[None, :], _mm(do, tl.trans(v), APREC), 0.0)
     # Two passes over the tree levels (dq; then scores and dk), as the sequential kernel does.
-    dq += _intra_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC)
+    dq += _intra_dq(P, k, b, offs_t, BT, BK, LOG2_BT, PREC, FAST)
     # dg in float32 from float32 dq, dk: q dq - k dk cancels, 16-bit parts would cost its precision.
     # (q_raw * (scale dq) = (scale q_raw) * dq: the scaled q and the unscaled dq.)
     x = q * dq
     _store_rows(DQ + gk_off, rows, H * DK, offs_k, mt, mk, dq * scale)
-    A, dk_intra = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
+    A, dk_intra = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC, FAST)
     dk += dk_intra
     _store_rows(DK_ + gk_off, rows, H * DK, offs_k, mt, mk, dk)
     dv += _mm(tl.trans(A), do, APREC)
