@@ -217,6 +217,18 @@ def _load_rows(base, rows, stride_t, offs, mask_t, mask_d):
     return tl.load(ptr, mask=mask_t[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
 
 
+# Log-gates below this decay by exactly 0 in float32 (exp(-1e4) underflows), so -inf (a legitimate
+# "forget everything") is taken as this: differences of cumulative sums stay finite, where -inf would
+# give -inf - -inf = NaN. The kernels are exact for such gates (tested down to -1e4).
+GATE_FLOOR = tl.constexpr(-1e4)
+
+
+@triton.jit
+def _load_gates(base, rows, stride_t, offs, mask_t, mask_d):
+    """``_load_rows`` of log-gates, floored at ``GATE_FLOOR`` (``-inf`` forgets everything either way)."""
+    return tl.maximum(_load_rows(base, rows, stride_t, offs, mask_t, mask_d), GATE_FLOOR)
+
+
 @triton.jit
 def _store_rows(base, rows, stride_t, offs, mask_t, mask_d, x):
     ptr = base + rows[:, None] * stride_t + offs[None, :]
@@ -306,7 +318,7 @@ def _segment_state_kernel(
         rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
         v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
-        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+        g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
         S = _advance_state(S, k, v, b, b_last, PREC)
@@ -351,7 +363,7 @@ def _fwd_kernel(
         q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
         k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
         v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
-        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+        g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
         A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, APREC)  # [t, s]
@@ -383,7 +395,7 @@ def _segment_dstate_kernel(
     for c in range(0, n_chunks):
         rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         q = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
-        g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+        g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
         do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
         b = tl.cumsum(g, axis=0) + b_off[None, :]
         dS += _mm(tl.trans(q * tl.exp(b)), do, PREC)
@@ -443,7 +455,7 @@ def _bwd_kernel(
             rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
             k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
             v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
-            g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+            g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
             do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
             b = tl.cumsum(g, axis=0)
             b_last = tl.sum(g, axis=0)
@@ -485,7 +497,7 @@ def _bwd_kernel(
             q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
             k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
             v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
-            g = _load_rows(g_base, rows, sgt, offs_k, mt, mk)
+            g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
             do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
             if DQ_PASS:  # the fused kernel as timed on the H200: q * dq loaded with the inputs
                 x = _load_rows(dg_base, rows, sdk, offs_k, mt, mk)

@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import (_RUNTIME_INTS, _head_tiles, _intra_dq, _intra_scores, _intra_scores_dk, _load_rows, _mm,
+from .triton_chunk import (_RUNTIME_INTS, _head_tiles, _intra_dq, _intra_scores, _intra_scores_dk, _load_gates, _load_rows, _mm,
                            _raster, _settings, _store_rows, _strides)
 
 # Chunks per step of the state scan (a power of two >= 16: it is a matmul dimension).
@@ -106,7 +106,7 @@ def _chunk_state_kernel(
     rows, mt = _chunk_tokens(c, T, grid_h, grid_w, COL, REVERSE, BT)
     k = _load_rows(K + b_idx * skb + h_idx * skh, rows, skt, offs_k, mt, mk)
     v = _load_rows(V + b_idx * svb + h_idx * svh, rows, svt, offs_v, mt, mv)
-    g = _load_rows(G + b_idx * sgb + h_idx * sgh, rows, sgt, offs_k, mt, mk)
+    g = _load_gates(G + b_idx * sgb + h_idx * sgh, rows, sgt, offs_k, mt, mk)
     b = tl.cumsum(g, axis=0)
     b_last = _last_row(b, offs_t, BT)
     state_offs = offs_k[:, None] * BV + offs_v[None, :]
@@ -177,7 +177,7 @@ def _output_kernel(
     q = _load_rows(Q + b_idx * sqb + h_idx * sqh, rows, sqt, offs_k, mt, mk) * scale
     k = _load_rows(K + b_idx * skb + h_idx * skh, rows, skt, offs_k, mt, mk)
     v = _load_rows(V + b_idx * svb + h_idx * svh, rows, svt, offs_v, mt, mv)
-    g = _load_rows(G + b_idx * sgb + h_idx * sgh, rows, sgt, offs_k, mt, mk)
+    g = _load_gates(G + b_idx * sgb + h_idx * sgh, rows, sgt, offs_k, mt, mk)
     b = tl.cumsum(g, axis=0)
     # The start state is the previous chunk's end state (zero for the first chunk).
     S = _load_state(ST, 0, bh, c - 1, BH, NC, c > 0, offs_k, offs_v, BK, BV)
@@ -204,7 +204,7 @@ def _grad_kernel(
     rows, mt = _chunk_tokens(c, T, grid_h, grid_w, COL, REVERSE, BT)
     q = _load_rows(Q + b_idx * sqb + h_idx * sqh, rows, sqt, offs_k, mt, mk) * scale
     k = _load_rows(K + b_idx * skb + h_idx * skh, rows, skt, offs_k, mt, mk)
-    g = _load_rows(G + b_idx * sgb + h_idx * sgh, rows, sgt, offs_k, mt, mk)
+    g = _load_gates(G + b_idx * sgb + h_idx * sgh, rows, sgt, offs_k, mt, mk)
     b = tl.cumsum(g, axis=0)
     b_last = _last_row(b, offs_t, BT)
     gk_off = b_idx.to(tl.int64) * T * H * DK + h_idx * DK
