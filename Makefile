@@ -9,16 +9,21 @@ TORCH_SPEC ?= torch==2.13.0
 # Triton runs the GLA kernels under its CPU interpreter (TRITON_INTERPRET=1) in the tests. Without it
 # the kernel tests fail, and so does this setup, unless GLADIFF_TEST_WITHOUT_TRITON=1 says to skip them.
 TRITON_SPEC ?= triton==3.6.0
+# Test-only: torch-fidelity's FID Inception, the independent network tests/eval/test_inception.py checks
+# ours against. Without its dependencies: it requires torchvision, which PyPI builds against CUDA torch;
+# beside the CPU torch it fails to import ("torchvision::nms does not exist") and takes diffusers down.
+FIDELITY_SPEC ?= torch-fidelity==0.4.0
 
 .PHONY: setup test demo clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q "$(TRITON_SPEC)" || [ "$$GLADIFF_TEST_WITHOUT_TRITON" = 1 ] || \
 		{ echo "triton did not install: set GLADIFF_TEST_WITHOUT_TRITON=1 to test without its kernels" >&2; exit 1; }
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps "$(FIDELITY_SPEC)"
 	touch $@
 
 setup: $(VENV)/.installed
