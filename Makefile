@@ -1,5 +1,6 @@
 # Two commands: `make test` (set up + run the test suite) and `make demo`
-# (set up + train the default DiG on the built-in digits, then sample).
+# (set up + train the default DiG on the built-in digits, then sample); and `make test-gpu`, the GPU
+# suite on a CUDA machine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ TRITON_SPEC ?= triton==3.6.0
 # beside the CPU torch it fails to import ("torchvision::nms does not exist") and takes diffusers down.
 FIDELITY_SPEC ?= torch-fidelity==0.4.0
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-gpu demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,13 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The GPU suite (tests/gpu, marker `gpu`) with the PYTHON that has CUDA torch and Triton installed
+# already: no venv and no install, so it runs on a GPU machine without internet. Writes a JSON
+# summary (card, versions, pass count, every test's outcome) to GPU_TEST_REPORT.
+GPU_TEST_REPORT ?= benchmarks/results/gpu_tests.json
+test-gpu:
+	GLADIFF_GPU_TEST_REPORT="$(GPU_TEST_REPORT)" $(PYTHON) -m pytest -m gpu tests --durations=15
 
 # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning threads
 # that lose their core stall every parallel region (training ran up to 5x slower).
