@@ -1,4 +1,6 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite; GPU tests skip without CUDA."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +33,26 @@ def compile_backend(monkeypatch):
     torch._dynamo.reset()
     yield backend
     torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------- GPU tests (tests/gpu)
+GPU_TESTS = Path(__file__).resolve().parent / "gpu"
+
+
+def pytest_ignore_collect(collection_path, config):
+    """``-m gpu`` collects tests/gpu only: the CPU kernel tests set TRITON_INTERPRET=1 when they are
+    imported, which would put the GPU tests' Triton kernels under the CPU interpreter."""
+    if (config.getoption("markexpr", "") == "gpu" and collection_path.suffix == ".py"
+            and GPU_TESTS not in collection_path.resolve().parents):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip on machines without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (make test-gpu on a GPU machine)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

@@ -1,11 +1,13 @@
-"""The ADM suite's plumbing: batch files and folders, reference caching, metric assembly.
+"""The ADM suite's plumbing: batch files and folders, reference caching, metric assembly; and the
+numbers against ADM's evaluation rules restated in this file.
 
 A cheap stand-in replaces Inception (its maths is tested in test_inception.py); the metrics must
-equal the direct computations on the stand-in's features.
+equal the direct computations on the stand-in's features, and the restated ADM evaluator's.
 """
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import linalg
 
 from gladiff.eval.adm import ImageSource, evaluate
 from gladiff.eval.frechet import frechet_distance, gaussian_statistics
@@ -140,3 +142,92 @@ def test_custom_extractor_needs_an_id(tmp_path):
     np.savez(tmp_path / "ref.npz", _images(10, 7))
     with pytest.raises(ValueError, match="extractor_id"):
         evaluate(_images(10, 8), tmp_path / "ref.npz", extractor=FakeExtractor(), cache_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- ADM's rules, restated
+# guided-diffusion's evaluations/evaluator.py (the suite behind DiT's and DiG's tables), written out
+# again here without calling gladiff: statistics, Frechet distance, Inception Score, precision/recall.
+def adm_statistics(acts):
+    """Mean and the unbiased (N - 1) covariance of the activations."""
+    acts = np.asarray(acts, dtype=np.float64)
+    return acts.mean(axis=0), np.cov(acts, rowvar=False)
+
+
+def adm_frechet(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """|mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrtm(S1 S2); eps on both diagonals if the root is not
+    finite; the real part of a complex root."""
+    diff = mu1 - mu2
+    root = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(root).all():
+        offset = np.eye(len(sigma1)) * eps
+        root = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    root = np.real(root)
+    return diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root)
+
+
+def adm_inception_score(logits, split_size=5000):
+    """Softmax of the (bias-free) logits; per consecutive split of 5,000: exp of the mean over rows of
+    KL(p || the split's mean p); the mean over splits."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    scores = []
+    for start in range(0, len(p), split_size):
+        part = p[start:start + split_size]
+        kl = (part * (np.log(part) - np.log(part.mean(axis=0, keepdims=True)))).sum(axis=1)
+        scores.append(np.exp(kl.mean()))
+    return float(np.mean(scores))
+
+
+def adm_precision_recall(ref, sam, k=3):
+    """Each set's manifold: balls around its points with the squared distance to the k-th nearest
+    other point (the k-th entry of the row's sorted squared distances, the point itself at 0) as the
+    radius. Precision: the fraction of samples inside some reference ball; recall: of references
+    inside some sample ball. ADM first tries float16 distances; exact ones here (only points within
+    float16 rounding of a ball's edge can differ)."""
+    def sq(a, b):
+        return ((np.asarray(a, np.float64)[:, None, :] - np.asarray(b, np.float64)[None]) ** 2).sum(-1)
+
+    r_ref = np.partition(sq(ref, ref), k, axis=1)[:, k]
+    r_sam = np.partition(sq(sam, sam), k, axis=1)[:, k]
+    d = sq(ref, sam)
+    return float((d <= r_ref[:, None]).any(axis=0).mean()), float((d <= r_sam[None, :]).any(axis=1).mean())
+
+
+def test_evaluate_gives_the_numbers_of_adms_rules(tmp_path):
+    """The whole suite on stand-in features: pool -> FID and precision/recall (reference first),
+    spatial -> sFID, logits -> IS; each as ADM's evaluator computes it."""
+    ref_images, sample_images = _images(70, 11), _images(60, 12, shift=15)
+    np.savez(tmp_path / "ref.npz", ref_images)
+    got = evaluate(sample_images, tmp_path / "ref.npz", extractor=FakeExtractor(), extractor_id="fake",
+                   cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    ref, sam = _features(ref_images), _features(sample_images)
+    assert got["fid"] == pytest.approx(adm_frechet(*adm_statistics(sam["pool"]), *adm_statistics(ref["pool"])),
+                                       rel=1e-6)
+    assert got["sfid"] == pytest.approx(adm_frechet(*adm_statistics(sam["spatial"]),
+                                                    *adm_statistics(ref["spatial"])), rel=1e-6)
+    assert got["inception_score"] == pytest.approx(adm_inception_score(sam["logits"]), rel=1e-9)
+    precision, recall = adm_precision_recall(ref["pool"], sam["pool"])
+    assert 0 < precision < 1 and 0 < recall < 1  # neither trivially 0 nor 1: the order matters
+    assert got["precision"] == pytest.approx(precision, abs=1.01 / 60)  # at most one boundary point
+    assert got["recall"] == pytest.approx(recall, abs=1.01 / 70)
+
+
+def test_metric_functions_give_the_numbers_of_adms_rules_at_scale():
+    """Several splits of 5,000 (the last one short) for IS, 1008 classes; FID on 64-d features with
+    correlated covariances; precision/recall of shifted clouds."""
+    rng = np.random.default_rng(21)
+    logits = rng.normal(scale=2.0, size=(12_000, 1008)) + rng.normal(scale=3.0, size=1008)
+    logits[5000:] += rng.normal(scale=2.0, size=1008)  # splits that differ
+    assert inception_score(softmax(logits)) == pytest.approx(adm_inception_score(logits), rel=1e-9)
+    mix = rng.normal(size=(64, 64)) / 8
+    a = rng.normal(size=(500, 64)) @ mix
+    b = rng.normal(size=(400, 64)) @ (mix + rng.normal(size=(64, 64)) / 16) + 0.3
+    assert frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b)) == pytest.approx(
+        adm_frechet(*adm_statistics(a), *adm_statistics(b)), rel=1e-8)
+    ref, sam = rng.normal(size=(400, 32)), rng.normal(size=(300, 32))
+    sam[:, :2] += 1.5
+    expected = adm_precision_recall(ref, sam)
+    assert 0.05 < min(expected) and max(expected) < 0.95
+    got = precision_recall(ref, sam)
+    assert got[0] == pytest.approx(expected[0], abs=1.01 / 300) and got[1] == pytest.approx(expected[1], abs=1.01 / 400)

@@ -1,5 +1,11 @@
-"""The FID Inception-v3: architecture matches the published weights' layout, loader, TF resize, features."""
+"""The FID Inception-v3: architecture matches the published weights' layout, loader, TF resize,
+features; and every feature equals an independent implementation of the same network (torch-fidelity's)
+loaded from the same random weights file."""
+import importlib
+import importlib.util
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -48,6 +54,8 @@ def random_net():
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.normal_(0, 0.1)
+    # A bias as large as the logits themselves: logits that kept it (ADM's have none) would be far off.
+    net.fc.bias.data.normal_(0, 5.0)
     return net.eval()
 
 
@@ -178,3 +186,60 @@ def test_images_to_nchw_and_batched_extraction():
     images = np.random.default_rng(0).integers(0, 256, (10, 6, 6, 3), dtype=np.uint8)
     feats = extract_features(MeanNet(), images, batch_size=3, progress=False)
     np.testing.assert_allclose(feats["pool"][:, 0], images.reshape(10, -1).mean(1), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- independent network
+FIDELITY_HELP = ("torch-fidelity is not installed: `make test` installs it (pip install --no-deps "
+                 "torch-fidelity==0.4.0; its torchvision dependency is not needed and breaks diffusers here)")
+
+
+def fidelity_inception_class():
+    """torch-fidelity's FID Inception (``FeatureExtractorInceptionV3``, written from the TF graph
+    independently of ours), imported without running the package's ``__init__``: that imports
+    torchvision for other extractors, and PyPI's torchvision does not import beside the CPU torch
+    build here. A bare package object stands in while the one module (and its helpers) load."""
+    spec = importlib.util.find_spec("torch_fidelity")
+    if spec is None:
+        pytest.fail(FIDELITY_HELP, pytrace=False)
+    owned = lambda name: name == "torch_fidelity" or name.startswith("torch_fidelity.")  # noqa: E731
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if owned(name)}
+    package = types.ModuleType("torch_fidelity")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["torch_fidelity"] = package
+    try:
+        return importlib.import_module("torch_fidelity.feature_extractor_inceptionv3").FeatureExtractorInceptionV3
+    finally:
+        for name in [n for n in sys.modules if owned(n)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def test_features_equal_an_independent_implementation(weights_file, one_torch_thread):
+    """Random weights in the layout of pt_inception-2015-12-05-6726825d.pth loaded into ours and into
+    torch-fidelity's network (its loader is a strict ``load_state_dict``: the layout is checked too);
+    uint8 NHWC images of sizes other than 299 through each side's ADM input ops (TF1 bilinear resize
+    to 299, (x - 128) / 128). Compared: ``pool_3`` (FID, precision/recall), the bias-free logits
+    ``pool_3 @ W`` (Inception Score) and the sFID features, which ADM reads from TF's
+    ``mixed_6/conv``: TF's mixed blocks ``mixed, mixed_1, .., mixed_10`` are Mixed_5b..5d, 6a..6e,
+    7a..7c, so ``mixed_6`` is Mixed_6d and ``conv`` its 1x1 branch; its first 7 channels flattened
+    channels-last (TF's layout) give 17 * 17 * 7 values."""
+    theirs = fidelity_inception_class()("inception-v3-compat", ["2048", "logits_unbiased"],
+                                        feature_extractor_weights_path=str(weights_file))
+    mixed_6_conv = []
+    theirs.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: mixed_6_conv.append(o.clone()))
+    with pytest.warns(UserWarning, match="6726825d"):
+        ours = load_inception(weights_file, device="cpu")
+    rng = np.random.default_rng(0)
+    for shape in [(2, 24, 40, 3), (1, 320, 304, 3)]:  # upsampled (non-square) and downsampled
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        got = extract_features(ours, images, progress=False)
+        mixed_6_conv.clear()
+        with torch.no_grad():
+            pool, logits = theirs(torch.from_numpy(images).permute(0, 3, 1, 2))
+        spatial = mixed_6_conv[0][:, :7].permute(0, 2, 3, 1).reshape(len(images), -1)
+        for name, ref in (("pool", pool), ("logits", logits), ("spatial", spatial)):
+            ref = ref.double().numpy()
+            assert got[name].shape == ref.shape, name
+            err = np.linalg.norm(got[name] - ref) / np.linalg.norm(ref)
+            assert err < 1e-5, f"{name} {shape}: relative error {err:.2e}"
+        assert np.abs(pool.numpy()).mean() > 0.1  # He-initialised weights keep the features alive

@@ -2,27 +2,23 @@
 float64: output and the three gradients, for both backends (our Triton kernels under Triton's CPU
 interpreter, TRITON_INTERPRET=1), non-square and degenerate grids, channel counts that are not a
 multiple of the tile, oriented (transposed / flipped) kernels, no bias, bf16, strided tokens,
-several backward splits, torch.compile and autocast. Triton cases are skipped without Triton."""
+several backward splits, torch.compile and autocast. Triton cases fail without Triton
+(GLADIFF_TEST_WITHOUT_TRITON=1: skipped; triton_check.py)."""
 import os
+import subprocess
+import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the kernels' import
+import pytest
+import torch
+import torch.nn.functional as F
+from triton_check import import_kernels
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+K, TRITON_PROBLEM = import_kernels("dwconv_triton")  # sets TRITON_INTERPRET=1 before the kernels' import
 
 from gladiff.ops import dwconv3x3  # noqa: E402
 from gladiff.ops.dwconv import resolve_backend  # noqa: E402
 
-try:
-    from gladiff.ops import dwconv_triton as K
-    TRITON = K._INTERPRET
-except ImportError:
-    K, TRITON = None, False
-needs_triton = pytest.mark.skipif(not TRITON, reason="needs Triton with TRITON_INTERPRET=1 at import")
+needs_triton = pytest.mark.needs_triton(problem=TRITON_PROBLEM)
 
 
 @pytest.fixture(autouse=True)
@@ -156,9 +152,8 @@ def test_backward_splits_and_reduction_steps(fused):
         assert rel(y, ref[0]) < 1e-5
 
 
+@needs_triton
 def test_split_plan_covers_the_tokens():
-    if K is None:
-        pytest.skip("needs Triton")
     for B, T, D in [(32, 256, 1152), (32, 256, 384), (1, 16384, 384), (4, 16384, 384), (32, 1024, 1152), (2, 3, 5)]:
         split, nsplit = K.plan_splits(B, T, D)
         bt, bd = K.CONFIG["bwd_block_t"], K.CONFIG["bwd_block_d"]

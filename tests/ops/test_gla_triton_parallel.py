@@ -1,25 +1,21 @@
 """The chunk-parallel Triton GLA kernels (``triton_parallel``) under Triton's CPU interpreter
 against the exact recurrence in float64: output and every gradient, all four scan orders, odd T,
 several chunks and several blocks of the state scan, padded head sizes, very negative gates, bf16
-inputs; plus the custom ops dispatching to them under torch.compile. Skipped without Triton."""
-import os
+inputs; plus the custom ops dispatching to them under torch.compile. Without Triton the module fails
+to collect (GLADIFF_TEST_WITHOUT_TRITON=1: skipped; triton_check.py)."""
+import pytest
+import torch
+from triton_check import import_kernels, unavailable
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the kernels' import
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-pytest.importorskip("triton")
+K, _problem = import_kernels("gla.triton_chunk")  # sets TRITON_INTERPRET=1 before the kernels' import
+if _problem:
+    unavailable(_problem, module_level=True)
 
 from gladiff.ops import gla  # noqa: E402
 from gladiff.ops.gla import triton_impl  # noqa: E402
-from gladiff.ops.gla import triton_chunk as K  # noqa: E402
 from gladiff.ops.gla import triton_parallel as P  # noqa: E402
 from gladiff.ops.gla.order import scan_order  # noqa: E402
 from gla_triton_helpers import ORDERS, assert_close_all, make_inputs, reference, rel  # noqa: E402
-
-if not K._INTERPRET:
-    pytest.skip("the Triton kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
 
 
 def run_parallel(q, k, v, g, do, scale, scan, reverse, grid, **kw):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from gladiff.sample import (class_labels, generate, load_trained, make_grid, rea
                             save_grid, to_uint8, write_npz, write_outputs)
 from gladiff.sample.generate import my_batches
 from gladiff.train import parallel
+from tests.processes import run_to_end
 from tests.train.standins import TinyEps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,10 +114,9 @@ def test_one_and_two_processes_write_the_same_npz(trained_ckpt, tmp_path):
                                    progress=False)
     write_outputs([tmp_path / "one.npz", tmp_path / "one.png"], images, labels)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(Path(__file__).with_name("run_sampling.py")), str(trained_ckpt),
-                          str(tmp_path / "two.npz"), "10", "3"], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                      str(Path(__file__).with_name("run_sampling.py")), str(trained_ckpt),
+                      str(tmp_path / "two.npz"), "10", "3"], env=env, cwd=ROOT, what="sampling in 2 processes")
     assert out.returncode == 0, out.stderr[-3000:]
     a, b = read_npz(tmp_path / "one.npz"), read_npz(tmp_path / "two.npz")
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -13,6 +13,7 @@ from gladiff.train import TrainConfig, train
 from gladiff.train import checkpoint as ckpt
 from gladiff.train.build import build_model
 from gladiff.train.loop import seed_everything
+from tests.processes import LAUNCH_TIMEOUT_S, run_to_end
 from tests.train.standins import NoNoise, TinyDigits, max_abs_diff
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,13 +38,13 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
                             text=True)
     try:
         metrics = run / "metrics.jsonl"
-        deadline = time.time() + 120
+        deadline = time.time() + LAUNCH_TIMEOUT_S
         while not (metrics.exists() and metrics.read_text().count("\n") >= 3):  # training is under way
             assert proc.poll() is None, proc.communicate()
             assert time.time() < deadline, "training did not start"
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-3000:]
@@ -58,10 +59,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                   tensorboard=False, seed=5, grad_clip=0.5, ema_decay=0.5, **DIG)
     one = train(TrainConfig(run_dir=str(tmp_path / "one"), **common), dataset=TinyDigits(64),
                 objective=NoNoise(), model_builder=build_model, progress=False)
-    two = subprocess.run(
+    two = run_to_end(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
          json.dumps({"run_dir": str(tmp_path / "two"), **common}), "dig"],
-        env=_env(), capture_output=True, text=True, timeout=300)
+        env=_env(), cwd=ROOT, what="two gloo processes")
     assert two.returncode == 0, two.stderr[-3000:]
     a = ckpt.read_checkpoint(one.checkpoint)
     b = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "two", 3))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from gladiff.train.build import build_model
 from gladiff.train.loop import SampleGrids, seed_everything
 from gladiff.train.parallel import Dist
 from gladiff.train.precision import Precision
+from tests.processes import run_to_end
 from tests.train.standins import NoNoise, TinyDigits, TinyEps, max_abs_diff, state_equal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,17 +58,9 @@ def _launch(tmp: Path, name: str, jobs: list) -> None:
     spec = tmp / f"{name}.json"
     spec.write_text(json.dumps(jobs))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    # Its own session, so a hang is ended with every worker, not just the launcher.
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc_per_node=2", JOBS, str(spec)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-        pytest.fail(f"{name} did not finish in 180 s:\n{err[-4000:]}")
-    assert proc.returncode == 0, err[-4000:]
+    done = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       JOBS, str(spec)], env=env, cwd=ROOT, what=name)
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def _copy_run(src: Path, dst: Path, keep_steps=None) -> Path:
