@@ -44,7 +44,7 @@ def measure_train(args, out: Path) -> dict:
                                     steps=args.steps, compile=compile, log_every=args.log_every,
                                     device="auto")
                 run = run_command(cmd, out / f"payback_train_{name.replace('/', '')}_{compile}.log")
-                runs[compile] = dict(command=" ".join(cmd), windows=read_windows(run_dir),
+                runs[compile] = dict(command=" ".join(cmd), log=read_windows(run_dir),
                                      **steady_summary(read_windows(run_dir), args.batch, run["wall_s"]))
                 r = runs[compile]
                 print(f"{name} --compile {compile}: {r['steady_img_s']:.1f} img/s, warm-up {r['warmup_s']:.1f} s, "

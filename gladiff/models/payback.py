@@ -40,28 +40,30 @@ class Payback:
 # by its zoo name ("DiG-XL/2"), then by its family ("DiG"); a model found in neither stays eager.
 # Options: train: "blocks" (``gladiff.models.compile_model(model, "blocks")``, in place mid-run);
 # sample: the executions of ``gladiff.sample.for_sampling`` ("graph", "compile+graph").
-# PROVISIONAL (2026-12-03): derived from the result files named on each line (under benchmarks/results/),
-# not yet from benchmarks/compile_payback.py; replace them with its output (it prints this table).
+# Measured with benchmarks/compile_payback.py on one H200 on 2026-12-03 (the result files named on
+# each line, under benchmarks/results/); the family entries carry DiG-S/2's and DiT-S/2's numbers to
+# every size of the family until larger sizes are measured.
 SPEEDUPS: dict[str, dict[str, dict[str, Payback]]] = {
     "train": {
-        # train_compile_H100_digits.json (DiG-S/2, 32 px, b64, H100, whole `gladiff train` runs):
-        # eager 701 img/s, blocks 1369 img/s; the blocks run's fixed time 37.9 s above eager's.
-        "DiG": {"blocks": Payback(speedup=1.95, setup_s=38.0)},
-        # No whole-run measurement yet. Speedup: DiT-XL/2 256 b32 eager 99.6 ms
-        # (archive/model_bench_H200_eager_graph_chunk64.json) vs compiled 70.0 ms
-        # (archive/model_bench_H200_xl256_compile.json); setup: block-by-block compile+graph 6.9-9.5 s
-        # (archive/model_bench_H200_256_blocks.json).
-        "DiT": {"blocks": Payback(speedup=1.42, setup_s=9.5)},
+        # Whole `gladiff train` runs on an H200 (S/2, 256 px, batch 256, synthetic latents,
+        # benchmarks/compile_payback.py): DiG-S/2 eager 1672 img/s, blocks 4018
+        # (compile_payback_train_H200_DiG-S2.json). Its setup there, 3.8 s, came from a warm Inductor
+        # cache (train_vs_bench had compiled the same graphs minutes before on that machine); a cold
+        # compile, what a user's first run pays, added 46 s of warm-up (train_vs_bench_H200_DiG-S2_256_b256.json:
+        # 47.5 s against eager's 1.4 s): the rule takes the cold figure.
+        "DiG": {"blocks": Payback(speedup=2.40, setup_s=46.0)},
+        # DiT-S/2, same runs, cold: eager 3430 img/s, blocks 6353, 12.4 s more warm-up
+        # (compile_payback_train_H200_DiT-S2.json).
+        "DiT": {"blocks": Payback(speedup=1.85, setup_s=12.4)},
     },
     "sample": {
-        # sampling_H200.json (S/2, 256 px, b32, DDIM 50 with guidance, ms per step): DiG eager 16.25,
-        # graph 14.02, compile+graph 5.31; DiT 8.90 / 8.06 / 4.61. Setup of compile+graph:
-        # archive/model_bench_sample_H200_final.json (DiG 20.7 s, DiT 11.2 s); of a capture alone: graph
-        # rows of archive/model_bench_H200_eager_graph_chunk64.json (0.2-2.2 s), taken as 2 s.
-        "DiG": {"graph": Payback(speedup=1.16, setup_s=2.0),
-                "compile+graph": Payback(speedup=3.06, setup_s=20.7)},
-        "DiT": {"graph": Payback(speedup=1.10, setup_s=2.0),
-                "compile+graph": Payback(speedup=1.93, setup_s=11.2)},
+        # compile_payback_sample_H200.json (S/2, 256 px, batch 64, DDIM 50 with guidance, bf16, per
+        # network pass): DiG eager 26.7 ms, graph 25.4, compile+graph 8.0 with 15.3 s of setup; DiT
+        # 16.0 / 15.1 / 6.3 with 9.8 s. Capturing alone cost nothing measurable.
+        "DiG": {"graph": Payback(speedup=1.05, setup_s=0.0),
+                "compile+graph": Payback(speedup=3.34, setup_s=15.3)},
+        "DiT": {"graph": Payback(speedup=1.06, setup_s=0.0),
+                "compile+graph": Payback(speedup=2.55, setup_s=9.8)},
     },
 }
 

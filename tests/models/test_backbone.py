@@ -1,4 +1,4 @@
-"""The DiT initialisation recipe every model starts from (DIG_SPEC "adaLN-Zero everywhere", DiT's
+"""The DiT initialisation recipe every model starts from (docs/architecture.md: "adaLN-Zero everywhere", DiT's
 ``initialize_weights``), checked on the parameters and on what they compute: every block starts as
 the identity map, the output starts at zero, embedders are N(0, 0.02), linears xavier-uniform with
 zero biases, the label table has the null row."""

@@ -1,4 +1,4 @@
-"""The shared layers against the published recipe (DIG_SPEC, DiT's models.py), each expected value
+"""The shared layers against the published recipe (docs/architecture.md, DiT's models.py), each expected value
 written here in closed form: the timestep sinusoid ([cos, sin], max period 10000, geometric
 frequencies), the MAE/DiT 2-D sin-cos positions and their layout, the final layer. These are the
 details only the authors' weights would otherwise reveal: a swap trains as well but loads wrongly."""
