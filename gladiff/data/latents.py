@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from gladiff.data.base import ClassDataset
+from gladiff.files import write_text_atomic
 
 FORMAT = "gladiff-latents"
 VERSION = 1
@@ -56,16 +57,7 @@ def read_manifest(root: str | os.PathLike) -> dict:
 
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Write JSON to a temporary file and rename it over ``path`` (readers never see half a file)."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def write_shard(out: Path, k: int, arrays: dict[str, np.ndarray]) -> None:

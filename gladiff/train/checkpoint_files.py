@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from gladiff.files import write_text_atomic
+
 # What every checkpoint record holds (a .pt file; a sharded checkpoint's meta.pt lacks the tensors).
 REQUIRED = ("format", "step", "model", "ema", "optimizer", "data", "rng", "config", "model_spec",
             "data_info", "complete")
@@ -70,16 +72,7 @@ def atomic_save(obj, path: str | Path, checksum: bool = False) -> Path:
 
 def write_sums(path: Path, digests: dict[str, str]) -> None:
     """Write ``{file name: SHA-256 hex}`` as ``sha256sum`` lines to ``path``, atomically and durably."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.writelines(f"{digest}  {name}\n" for name, digest in sorted(digests.items()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, "".join(f"{digest}  {name}\n" for name, digest in sorted(digests.items())))
     fsync_dir(path.parent)
 
 

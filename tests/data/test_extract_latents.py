@@ -168,8 +168,8 @@ def test_a_failed_shard_or_manifest_write_leaves_no_temporary_file(tmp_path, mon
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "save", full_disk)
-    monkeypatch.setattr(json, "dump", full_disk)
+    # The disk fills once the temporary files exist (the flush to disk fails): both must go.
+    monkeypatch.setattr(os, "fsync", full_disk)
     arrays = {a: np.zeros(1) for a in latents.ARRAYS}
     with pytest.raises(OSError, match="No space"):
         latents.write_shard(tmp_path, 0, arrays)
