@@ -16,6 +16,7 @@ from gladiff.models.payback import Payback
 from gladiff.sample import (AutoExecution, PadBatch, Trained, class_labels, read_npz, resolve_execution,
                             sample_images)
 from gladiff.sample import auto as auto_mod
+from tests.fake_clock import FakeClock
 from tests.train.standins import TinyEps
 
 
@@ -92,17 +93,6 @@ def test_auto_is_eager_on_a_cpu(compile_backend):
     eager, _ = sample_images(tr, labels, seed=2, batch_size=4, progress=False)
     auto, _ = sample_images(tr, labels, seed=2, batch_size=4, progress=False, execution="auto")
     assert np.array_equal(auto, eager) and compile_backend.graphs == 0
-
-
-class FakeClock:
-    """Seconds that advance by ``tick`` at every reading: each timed pass takes ``tick``."""
-
-    def __init__(self, tick):
-        self.now, self.tick = 0.0, tick
-
-    def __call__(self):
-        self.now += self.tick
-        return self.now
 
 
 @pytest.mark.parametrize("planned,expected", [(20, "eager"), (2000, "compile")])

@@ -21,6 +21,7 @@ from gladiff.train.checks import CHECK_EVERY, StepChecks
 from gladiff.train.data_order import MAX_AUTO_WORKERS, resolve_num_workers
 from gladiff.train.parallel import Dist
 from gladiff.train.precision import Precision
+from tests.fake_clock import FakeClock
 from tests.train.standins import TinyDigits, TinyEps, max_abs_diff, tiny_builder
 
 DIG = dict(model="DiG-S/2", model_opts={"depth": 2, "hidden_size": 32, "num_heads": 1}, image_size=8,
@@ -35,15 +36,6 @@ def _cfg(tmp_path, name, **kw):
 
 def _losses(cfg) -> list[float]:
     return [json.loads(line)["loss"] for line in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-class FakeClock:
-    def __init__(self, tick):
-        self.now, self.tick = 0.0, tick
-
-    def __call__(self):
-        self.now += self.tick
-        return self.now
 
 
 # ----------------------------------------------------------------------------- --compile auto
