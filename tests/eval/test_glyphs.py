@@ -14,6 +14,8 @@ from gladiff.eval.glyphs import (FEATURE_DIM, REFERENCE_SEED, TEST_SEED, WEIGHTS
 from gladiff.eval.precision_recall import precision_recall
 
 N_REF = 1000  # two halves of 500 real renders: enough for a 128-d covariance, quick at 32 px
+# Small convolutions: one thread (see tests/conftest.py); training pins its own.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
