@@ -177,9 +177,10 @@ def run(args) -> dict:
     execution = args.sample_execution or ("compile+graph" if device.type == "cuda" else "eager")
     sample_net = for_sampling(ema.model, execution, device)
     # The real renders the check compares with, drawn before the clock starts.
-    scorer = GlyphScorer(2 * ev["per_class"] * info["num_classes"])
-    scorer.real_features(args.image_size)
-    ev_meta = {**ev, "n_samples": ev["per_class"] * info["num_classes"], "n_reference": scorer.n_reference,
+    n_samples = ev["per_class"] * info["num_classes"]
+    scorer = GlyphScorer(2 * n_samples)
+    scorer.reference_features(args.image_size, n_samples)
+    ev_meta = {**ev, "n_samples": n_samples, "n_reference": scorer.n_reference,
                "weights": "EMA", "execution": execution}
 
     payload = {

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                                                          "when --ref is not given)")
     p.add_argument("--image-size", type=int, default=16, help="digit classifier resolution (default 16)")
     p.add_argument("--glyph-reference", type=int, default=None, metavar="N",
-                   help="real glyph renders drawn for the glyph check (default 10000: two halves of 5000)")
+                   help="real glyph renders the glyph check may draw (default 10000): two sets of min(N, 5000), "
+                        "one to compare the N samples with, one for the real-vs-real floor")
     p.add_argument("--batch-size", type=int, default=64, help="Inception batch size (default 64)")
     p.add_argument("--device", help="device for Inception features (default: cuda if available)")
     p.add_argument("--cache-dir", help="reference statistics cache (default ~/.cache/gladiff/eval)")

@@ -184,7 +184,7 @@ def glyph_classifier() -> GlyphClassifier:
     return _CLASSIFIER[0]
 
 
-# Per classifier: features of the real renders and the real-vs-real numbers, per (size, count), so
+# Per classifier: features of the real renders (per size and half) and the real-vs-real numbers, so
 # that repeated scoring (e.g. every minute of a training run) only runs the samples through it.
 _REAL_CACHE: "weakref.WeakKeyDictionary[GlyphClassifier, dict]" = weakref.WeakKeyDictionary()
 
@@ -193,7 +193,8 @@ class GlyphScorer:
     """Accuracy, Fréchet distance, precision and recall of glyph samples under the glyph classifier.
 
     Args:
-        n_reference: real renders drawn per sample resolution (two halves of ``n_reference // 2``).
+        n_reference: real renders available per sample resolution, two halves of ``n_reference // 2``;
+            ``2 * min(N, n_reference // 2)`` of them are drawn for N samples.
         net: the classifier (default: the shipped one).
         progress: show a progress bar while the real renders are drawn.
     """
@@ -224,33 +225,36 @@ class GlyphScorer:
         """``[N]`` int64 predicted classes of uint8 glyph images."""
         return self._run(images)[1]
 
-    def real_features(self, image_size: int) -> np.ndarray:
-        """``[n_reference, 128]`` features of real renders ``0 .. n_reference - 1`` of ``REFERENCE_SEED``
-        at ``image_size`` (computed once per classifier, size and count)."""
-        cache = _REAL_CACHE.setdefault(self.net, {})
-        key = ("features", image_size, self.n_reference)
-        if key not in cache:
-            from tqdm.auto import tqdm
-
-            feats = []
-            chunk = 500
-            for start in tqdm(range(0, self.n_reference, chunk), desc=f"real glyphs at {image_size} px",
-                              unit="x500", disable=not self.progress):
-                images, _ = glyphs_arrays(min(chunk, self.n_reference - start), image_size, REFERENCE_SEED, start)
-                feats.append(self.features(images))
-            cache[key] = np.concatenate(feats)
-        return cache[key]
-
-    def _halves(self, image_size: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-        real = self.real_features(image_size)
+    def reference_features(self, image_size: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``[m, 128]`` of the two halves of real renders at ``image_size``: A is renders
+        ``0 .. m - 1`` of ``REFERENCE_SEED``, B renders ``n_reference // 2 ..`` (each a contiguous
+        run of indices, so every class appears equally often, +-1). Rendered on first need and kept
+        per classifier and size; ``m`` is at most ``n_reference // 2``."""
         half = self.n_reference // 2
-        return real[:m], real[half:half + m]  # each a contiguous run of indices: every class +-1
+        if not 1 <= m <= half:
+            raise ValueError(f"m must be in 1..{half} (n_reference // 2), got {m}")
+        cache = _REAL_CACHE.setdefault(self.net, {})
+        out = []
+        for start in (0, half):
+            key = ("features", image_size, start)
+            have = cache.get(key, np.zeros((0, FEATURE_DIM)))
+            if len(have) < m:
+                from tqdm.auto import tqdm
+
+                parts, chunk = [have], 500
+                for lo in tqdm(range(len(have), m, chunk), desc=f"real glyphs at {image_size} px", unit="x500",
+                               disable=not self.progress):
+                    images, _ = glyphs_arrays(min(chunk, m - lo), image_size, REFERENCE_SEED, start + lo)
+                    parts.append(self.features(images))
+                cache[key] = have = np.concatenate(parts)
+            out.append(have[:m])
+        return out[0], out[1]
 
     def _real_vs_real(self, image_size: int, m: int) -> dict:
         cache = _REAL_CACHE.setdefault(self.net, {})
         key = ("halves", image_size, self.n_reference, m)
         if key not in cache:
-            a, b = self._halves(image_size, m)
+            a, b = self.reference_features(image_size, m)
             p, r = precision_recall(a, b)
             cache[key] = {"fd_real_halves": frechet_distance(*gaussian_statistics(b), *gaussian_statistics(a)),
                           "precision_real_halves": p, "recall_real_halves": r}
@@ -285,7 +289,7 @@ class GlyphScorer:
                 raise ValueError(f"labels must be integers in 0..{NUM_CLASSES - 1}")
             accuracy = float((preds == lab).mean())
         m = min(n, self.n_reference // 2)
-        ref, _ = self._halves(size, m)
+        ref, _ = self.reference_features(size, m)
         precision, recall = precision_recall(ref, feats)
         return {"accuracy": accuracy, "fd": frechet_distance(*gaussian_statistics(feats), *gaussian_statistics(ref)),
                 "precision": precision, "recall": recall, **self._real_vs_real(size, m),
