@@ -147,6 +147,9 @@ def _print(results: dict) -> None:
               f"(real vs real {r['precision_real_halves']:.4f})")
         print(f"  recall:                                   {r['recall']:.4f}   "
               f"(real vs real {r['recall_real_halves']:.4f})")
+        if r["n"] <= 128:
+            print("  (at most 128 samples for 128 features: the covariances are singular and the Fréchet "
+                  "distance rough; score several hundred)", file=sys.stderr)
     if "adm" in results:
         r = results["adm"]
         print(f"ADM suite: {r['n_samples']} samples vs {r['n_reference']} reference images")
