@@ -111,7 +111,7 @@ def _background(rng: np.random.Generator, size: int, light: bool) -> np.ndarray:
     if texture == 0:  # smooth value noise: a coarse random grid, upsampled bicubically
         cells = int(rng.integers(3, 9))
         grid = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
-        noise = np.asarray(Image.fromarray(grid, mode="F").resize((size, size), Image.BICUBIC))
+        noise = np.asarray(Image.fromarray(grid).resize((size, size), Image.BICUBIC))  # mode F
         bg = bg + amplitude * noise[..., None]
     elif texture == 1:  # stripes: a sinusoid of 2-8 periods across the image in a random direction
         phi, freq, phase = rng.uniform(0, np.pi), rng.uniform(2, 8), rng.uniform(0, 2 * np.pi)
@@ -174,8 +174,8 @@ def glyphs_arrays(n: int, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
 class GlyphsDataset(ClassDataset):
     """The glyphs as a class-conditional dataset of ``float32 [3, S, S]`` images in [-1, 1].
 
-    ``length`` images (default 1,000,000), each rendered when it is read: about 0.5 ms at 64 px and
-    1.4 ms at 128 px on one core of the 2-core development machine (docs/data.md). Random flips are off by default, as for the digits: a mirrored glyph is another
+    ``length`` images (default 1,000,000), each rendered when it is read: about 0.6 ms at 64 px and
+    1.6 ms at 128 px on one core of the 2-core development machine (docs/data.md). Random flips are off by default, as for the digits: a mirrored glyph is another
     glyph or none.
     """
 
