@@ -277,7 +277,7 @@ def plot_rows(summary, path) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no plot (pip install 'gladiff[bench]')")
+        print("matplotlib not installed: no plot (pip install matplotlib)")
         return False
     if not summary:
         return False

@@ -14,8 +14,8 @@ class ClassDataset(torch.utils.data.Dataset):
       ``num_classes``, ``classes`` (names, index = label), ``labels`` (int64 ``[len]``),
       ``in_channels``, ``sample_size`` (spatial size of ``x``), ``image_size`` (pixel resolution),
       ``is_latent`` (True when ``x`` must be decoded through the VAE named by ``vae``),
-      ``random_flip``, ``reads_from_disk`` (True when an item is read from files on access, so
-      that loading it in worker processes pays; ``--num-workers auto`` asks).
+      ``random_flip``, ``reads_from_disk`` (True when an item costs CPU time on access, read from
+      files or rendered, so that loading it in worker processes pays; ``--num-workers auto`` asks).
     """
 
     classes: list[str]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import weakref
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from gladiff.data.digits import DEFAULT_IMAGE_SIZE, NUM_CLASSES, digits_arrays, digits_split
 
+from .batch import fixed_threads, to_float_batch
 from .frechet import frechet_distance, gaussian_statistics
 
 FEATURE_DIM = 64
@@ -65,17 +65,6 @@ class DigitClassifier(nn.Module):
         return self.head(self.trunk(x))
 
 
-@contextmanager
-def _fixed_threads(n: int):
-    # Results of CPU kernels can depend on the thread count; training runs on a fixed one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train_digit_classifier(image_size: int = DEFAULT_IMAGE_SIZE, epochs: int | None = None,
                            progress: bool = False) -> DigitClassifier:
     """Train a ``DigitClassifier`` on the training split of ``digits_split(image_size)``.
@@ -90,7 +79,7 @@ def train_digit_classifier(image_size: int = DEFAULT_IMAGE_SIZE, epochs: int | N
     images, labels, _, _ = digits_split(image_size)
     x = torch.from_numpy(images).float().div_(255)[:, None]
     y = torch.from_numpy(labels)
-    with _fixed_threads(1), torch.random.fork_rng(devices=[]):
+    with fixed_threads(1), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
         net = DigitClassifier(image_size)
         gen = torch.Generator().manual_seed(cfg["seed"])
@@ -167,23 +156,8 @@ def to_digit_batch(images, image_size: int) -> torch.Tensor:
     Accepts numpy arrays or tensors shaped ``[N, H, W]``, ``[N, H, W, 1|3]`` (NHWC) or ``[N, 1|3, H, W]``;
     colour is averaged to grey; other resolutions are resized (bilinear, antialiased when shrinking).
     """
-    x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images.detach().cpu()
-    if x.dtype != torch.uint8:
-        raise ValueError(f"digit images must be uint8 in 0..255, got {x.dtype} (convert model outputs "
-                         "in [-1, 1] with ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))")
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3):
-        x = x.permute(0, 3, 1, 2)
-    elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
-        raise ValueError(f"digit images must be [N, H, W], [N, H, W, 1|3] or [N, 1|3, H, W], got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("no images given")
-    x = x.float().div_(255).mean(dim=1, keepdim=True)
-    if tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                          antialias=bool(x.shape[-1] > image_size or x.shape[-2] > image_size))
-    return x
+    x = to_float_batch(images, image_size, "digit")
+    return x.mean(dim=1, keepdim=True) if x.shape[1] != 1 else x
 
 
 # Per classifier: features / statistics of the real digits and the real-halves distances, so that

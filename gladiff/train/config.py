@@ -44,11 +44,11 @@ class TrainConfig:
     # --- where
     run_dir: str = _opt("runs/train", "folder for checkpoints, config.yaml, samples/, metrics")
     # --- data
-    data: str = _opt("digits", "digits | imagefolder:PATH | latents:PATH")
+    data: str = _opt("digits", "digits | glyphs | imagefolder:PATH | latents:PATH")
     image_size: int = _opt(16, "training resolution in pixels (latents: must match the extraction)")
     random_flip: bool | None = _opt(None, "random horizontal flips (default: the dataset's own)")
     num_workers: int | str = _opt("auto", "DataLoader worker processes per rank; auto: 0 on a CPU and for the "
-                                          "in-memory digits, else up to 4 (data read from disk on a GPU)")
+                                          "in-memory digits, else up to 4 (data read from disk or rendered, on a GPU)")
     # --- model
     model: str = _opt("DiG-S/2", "model zoo name, e.g. DiG-XL/2 or DiT-S/2")
     model_opts: dict = _opt({}, "create_model overrides (depth, hidden_size, num_heads, ...)")

@@ -88,8 +88,9 @@ def resolve_num_workers(num_workers: int | str, dataset: Dataset, device_type: s
                         local_processes: int = 1, cpu_count: int | None = None) -> int:
     """``num_workers`` as a number. ``"auto"``: 0 (load in the training process) on a CPU, where the
     cores are the trainer's, and for data held in memory (the digits); else, for data read from
-    disk on a GPU (``dataset.reads_from_disk``), workers so that the GPU does not wait for the
-    reading: ``min(MAX_AUTO_WORKERS, cores per process - 1)``, at least 1."""
+    disk or rendered on access on a GPU (``dataset.reads_from_disk``: image folders, latents, the
+    glyphs), workers so that the GPU does not wait for it: ``min(MAX_AUTO_WORKERS, cores per
+    process - 1)``, at least 1."""
     if num_workers != "auto":
         return int(num_workers)
     if device_type != "cuda" or not getattr(dataset, "reads_from_disk", False):

@@ -1,0 +1,48 @@
+"""What the built-in classifier checks (digits, glyphs) share: image batches in any layout, and a
+fixed CPU thread count for deterministic training."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_float_batch(images, image_size: int, what: str = "") -> torch.Tensor:
+    """uint8 images -> float ``[N, C, image_size, image_size]`` in [0, 1], C as given (1 or 3).
+
+    Accepts numpy arrays or tensors shaped ``[N, H, W]``, ``[N, H, W, 1|3]`` (NHWC) or
+    ``[N, 1|3, H, W]``; other resolutions are resized (bilinear, antialiased when shrinking).
+    ``what`` names the images in error messages ("digit", "glyph").
+    """
+    name = f"{what} images" if what else "images"
+    x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images.detach().cpu()
+    if x.dtype != torch.uint8:
+        raise ValueError(f"{name} must be uint8 in 0..255, got {x.dtype} (convert model outputs "
+                         "in [-1, 1] with ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
+        raise ValueError(f"{name} must be [N, H, W], [N, H, W, 1|3] or [N, 1|3, H, W], got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("no images given")
+    x = x.float().div_(255)
+    if tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                          antialias=bool(x.shape[-1] > image_size or x.shape[-2] > image_size))
+    return x
+
+
+@contextmanager
+def fixed_threads(n: int):
+    """Run the block with ``n`` torch CPU threads: results of CPU kernels can depend on the thread
+    count, so deterministic training runs on a fixed one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,103 @@
+"""benchmarks/glyphs_dig_vs_dit.py: both models get one recipe, the clock leaves evaluations out, the
+sampling wrapper follows the EMA weights, and the CPU smoke mode runs the whole script end to end
+(train, evaluate along the way, JSON, grid, plot, table). The experiment itself runs on a GPU."""
+import dataclasses
+import json
+import time
+
+import pytest
+import torch
+
+from gladiff import create_model
+from gladiff.models.dig import DiGBlock
+from gladiff.models.dit import DiTBlock
+
+
+@pytest.fixture(scope="module")
+def cmp(bench_script):
+    return bench_script("glyphs_dig_vs_dit.py", "glyphs_dig_vs_dit")
+
+
+def test_runs_differ_only_in_the_model(cmp, tmp_path):
+    dig, dit = (dataclasses.asdict(cmp.train_config(k, 64, 1, run_dir=tmp_path)) for k in ("DiG", "DiT"))
+    assert {k for k in dig if dig[k] != dit[k]} == {"model"}
+    assert (dig["model"], dit["model"]) == ("DiG-S/2", "DiT-S/2")
+    for key, value in cmp.RECIPE.items():
+        assert dig[key] == value, key
+    assert (dig["data"], dig["objective"], dig["image_size"], dig["seed"]) == ("glyphs", "flow", 64, 1)
+
+
+@pytest.mark.parametrize("size,tokens", [(64, 1024), (128, 4096)])
+def test_networks_have_equal_shape_and_tokens(cmp, size, tokens):
+    with torch.device("meta"):
+        dig, dit = (create_model(cmp.MODELS[k], input_size=size, in_channels=3, num_classes=49, learn_sigma=False)
+                    for k in ("DiG", "DiT"))
+    for attr in ("depth", "hidden_size", "num_heads", "patch_size"):
+        assert getattr(dig, attr) == getattr(dit, attr), attr
+    assert (dig.depth, dig.hidden_size, dig.num_heads, dig.patch_size) == (12, 384, 6, 2)
+    assert (size // dig.patch_size) ** 2 == tokens
+    assert all(isinstance(b, DiGBlock) for b in dig.blocks) and all(isinstance(b, DiTBlock) for b in dit.blocks)
+
+
+def test_ablation_runs_are_named_by_their_options(cmp):
+    assert cmp.run_label("DiT", {}) == "DiT"
+    assert cmp.run_label("DiG", {"scan_schedule": "flip", "dwconv": False}) == "DiG-dwconv=False-scan_schedule=flip"
+    assert cmp.run_label("DiG", {"depth": 2, "hidden_size": 64, "num_heads": 2}, smoke=True) == "DiG-smoke"
+    assert cmp.parse_model_opt("dwconv=false") == ("dwconv", False)
+
+
+def test_clock_leaves_the_paused_time_out(cmp):
+    clock = cmp.TrainClock(torch.device("cpu"))
+    clock.start()
+    time.sleep(0.05)
+    clock.pause()
+    time.sleep(0.2)  # an evaluation
+    clock.start()
+    time.sleep(0.05)
+    assert 0.09 < clock.elapsed() < 0.2
+    clock.pause()
+    assert 0.09 < clock.wall < 0.2 and clock.elapsed() == clock.wall
+
+
+def test_sampling_wrapper_follows_the_ema_weights(compile_backend):
+    """One compiled wrapper serves every evaluation: it must see the EMA's in-place updates."""
+    from gladiff.sample.graphed import for_sampling
+    from gladiff.train.ema import EMA
+
+    torch.manual_seed(0)
+    model = create_model("DiT-S/2", input_size=8, in_channels=3, num_classes=4, learn_sigma=False, depth=1,
+                         hidden_size=32, num_heads=2)
+    ema = EMA(model, 0.5)
+    net = for_sampling(ema.model, "compile", "cpu")
+    x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([0, 3])
+    with torch.no_grad():
+        before = net(x, t, y)
+        for p in model.parameters():
+            p.add_(0.1)
+        ema.update(model)
+        after = net(x, t, y)
+        torch.testing.assert_close(after, ema.model(x, t, y))
+    assert compile_backend.graphs > 0 and not torch.allclose(before, after)
+
+
+def test_smoke_runs_both_models_then_plots(cmp, tmp_path, capsys, one_torch_thread):
+    out = tmp_path / "results"
+    for kind in ("DiG", "DiT"):
+        assert cmp.main(["run", "--smoke", "--model", kind, "--out-dir", str(out)]) == 0
+        run = json.loads((out / f"16px_{kind}-smoke_seed0.json").read_text())
+        assert run["done"] and run["stopped_by"] == "max_steps" and run["smoke"]
+        assert run["environment"]["command"] == f"python benchmarks/glyphs_dig_vs_dit.py run --smoke --model {kind} " \
+                                                f"--out-dir {out}"
+        assert run["train_config"]["model"] == cmp.MODELS[kind] and run["tokens"] == 64
+        steps = [p["step"] for p in run["points"]]
+        assert steps == [3, 6]  # every 3 steps, and at the end
+        for p in run["points"]:
+            assert p["gpu_seconds"] is None and 0 < p["train_seconds"] < p["wall_seconds"]
+            assert p["images_seen"] == 8 * p["step"] and p["loss"] > 0
+            assert {"accuracy", "fd", "fd_real_halves", "precision", "recall", "n"} <= set(p)
+            assert p["n"] == 2 * 49 and p["n_reference"] == 2 * 49
+        assert (out / f"16px_{kind}-smoke_seed0.png").stat().st_size > 0
+    assert cmp.main(["plot", "--dir", str(out)]) == 0
+    assert (out / "glyphs_dig_vs_dit_16px.png").stat().st_size > 0
+    text = capsys.readouterr().out
+    assert "| DiG-smoke | 0 | end | 6 |" in text and "| DiT-smoke | 0 | end | 6 |" in text
