@@ -18,7 +18,9 @@ def register(subparsers) -> None:
         description="Sample class-conditional images from a checkpoint (EMA weights unless --raw-weights). "
                     "The images for a seed depend on --seed and --batch-size only, not on the number of "
                     "processes: `torchrun --nproc_per_node=N -m gladiff sample ...` splits the batches.")
-    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest valid checkpoint)")
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder (its newest valid checkpoint), a model "
+                                      "folder (gladiff export / convert / save_pretrained) or a Hugging Face "
+                                      "Hub id owner/name")
     p.add_argument("--out", action="append", required=True,
                    help="output path, repeatable: *.npz (all samples, arr_0 uint8 [N,H,W,C], arr_1 "
                         "int64 labels) or *.png (grid of the first --grid-count samples)")
@@ -114,7 +116,7 @@ def _run_folder_lock(checkpoint: str, outs: list[str], dist):
     from gladiff.train.run_lock import RunLock
 
     run_dir = run_dir_of(checkpoint).resolve()
-    if run_dir.is_dir() and any(run_dir in Path(o).resolve().parents for o in outs):
+    if (run_dir / "checkpoints").is_dir() and any(run_dir in Path(o).resolve().parents for o in outs):
         return RunLock(run_dir, dist)
     return contextlib.nullcontext()
 

@@ -16,7 +16,9 @@ class DDPM(Objective):
     learn_sigma (True: the model outputs [epsilon, v] with 2C channels and the variance is learned in
     IDDPM's range; False: C channels, fixed variance), sigma_small (fixed variance tilde_beta instead of
     beta; only without learn_sigma), clip_denoised (clamp predicted x_0 to [-1, 1] while sampling; DiT
-    samples latents and does not), default_sampler ("ddpm"), default_steps (250 = the paper's sampling, or T if smaller).
+    samples latents and does not), default_sampler ("ddpm"), default_steps (250 = the paper's sampling, or T if smaller),
+    guided_channels (None: guidance extrapolates every epsilon channel; an int k guides only channels [:k] and
+    takes the rest from the conditional pass, which k = 3 makes the official DiT/DiG code's guidance).
 
     Loss (IDDPM "hybrid"): mean-squared error on epsilon + L_vb, where L_vb is the variational-bound term
     of the timestep (bits/dim) computed with the predicted mean detached, so it trains only the variance,
@@ -30,7 +32,7 @@ class DDPM(Objective):
 
     def __init__(self, num_timesteps: int = 1000, beta_schedule: str = "linear", learn_sigma: bool = True,
                  sigma_small: bool = False, clip_denoised: bool = False, default_sampler: str = "ddpm",
-                 default_steps: int | str | None = None):
+                 default_steps: int | str | None = None, guided_channels: int | None = None):
         self.num_timesteps = num_timesteps
         self.beta_schedule = beta_schedule
         self.learn_sigma = bool(learn_sigma)
@@ -43,7 +45,23 @@ class DDPM(Objective):
         if default_steps is None:
             default_steps = min(250, num_timesteps)
         self.default_steps = self._normalize_steps(self.default_sampler, default_steps)
+        if guided_channels is not None and (isinstance(guided_channels, bool) or not isinstance(guided_channels, int)
+                                            or guided_channels < 1):
+            raise ValueError(f"guided_channels must be a positive integer or None, got {guided_channels!r}")
+        self.guided_channels = guided_channels
         self._respaced: dict[tuple, GaussianDiffusion] = {}
+
+    def options(self) -> dict:
+        """The constructor options that rebuild this objective: ``DDPM(**obj.options())``."""
+        return {"num_timesteps": self.num_timesteps, "beta_schedule": self.beta_schedule,
+                "learn_sigma": self.learn_sigma, "sigma_small": self.sigma_small,
+                "clip_denoised": self.clip_denoised, "default_sampler": self.default_sampler,
+                "default_steps": self.default_steps, "guided_channels": self.guided_channels}
+
+    def _guided_channels(self, channels: int) -> int | None:
+        if self.guided_channels is not None:
+            return min(self.guided_channels, channels)
+        return super()._guided_channels(channels)
 
     def __repr__(self):
         return (f"DDPM(num_timesteps={self.num_timesteps}, beta_schedule={self.beta_schedule!r}, "

@@ -39,6 +39,11 @@ class FlowMatching(Objective):
         self.default_sampler = self._resolve_sampler(default_sampler)
         self.default_steps = self._normalize_steps(self.default_sampler, default_steps)
 
+    def options(self) -> dict:
+        """The constructor options that rebuild this objective: ``FlowMatching(**obj.options())``."""
+        return {"learn_sigma": False, "time_scale": self.time_scale, "default_sampler": self.default_sampler,
+                "default_steps": self.default_steps}
+
     def __repr__(self):
         return f"FlowMatching(time_scale={self.time_scale:g})"
 

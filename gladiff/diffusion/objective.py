@@ -26,6 +26,11 @@ class Objective:
     # Extra keyword options each sampler accepts in `sample(..., **options)`, with their defaults.
     sampler_options: dict[str, dict] = {}
 
+    def options(self) -> dict:
+        """The constructor options that rebuild this objective (``create_objective(obj.name,
+        **obj.options())``): what a shared model folder records."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------------------------- training
     def training_loss(self, model, x0: torch.Tensor, y, t=None, noise=None) -> dict:
         raise NotImplementedError
