@@ -11,13 +11,14 @@ import yaml
 
 def model_card(config: dict, *, parameters: int | None = None, training: dict | None = None,
                evaluations: list[tuple[str, dict]] | None = None, last_log: dict | None = None,
-               origin: str | None = None) -> str:
+               origin: str | None = None, notes: list[str] | None = None) -> str:
     """Markdown for the model described by ``config`` (a model folder's ``config.json``).
 
     ``parameters``: the parameter count; ``training``: the run's resolved training config;
     ``evaluations``: ``(file name, results)`` pairs, results as ``gladiff eval --json`` or the demo's
     ``score.json`` write them; ``last_log``: the last ``metrics.jsonl`` row; ``origin``: one sentence
-    on where the weights come from (default: from ``config["source"]``).
+    on where the weights come from (default: from ``config["source"]``); ``notes``: paragraphs
+    for a "Notes" section.
     """
     model, data, objective, source = config["model"], config["data"], config.get("objective"), config["source"]
     name, options = model["name"], model["options"]
@@ -59,6 +60,8 @@ def model_card(config: dict, *, parameters: int | None = None, training: dict | 
     if data["is_latent"]:
         lines += ["images = gladiff.sample.make_decoder(pipe.info, \"cpu\")(x)   # latents -> [-1, 1] pixels"]
     lines += ["```", ""]
+    if notes:
+        lines += ["## Notes", ""] + [p + "\n" for p in notes]
     if last_log or (training and "steps" in training):
         lines += ["## Training", ""]
         if "step" in source:

@@ -9,7 +9,7 @@ from pathlib import Path
 from gladiff.errors import UsageError
 
 from .card import model_card
-from .folder import FILES, save_pretrained, written_by_gladiff
+from .folder import check_out_dir, save_pretrained
 
 # Evaluation results a run folder may hold: the demo's digit check, and `gladiff eval --json RUN/eval*.json`.
 EVAL_FILES = ("score.json", "eval*.json")
@@ -44,15 +44,9 @@ def _count(model) -> int:
 
 
 def _check_out_dir(out: Path, run_dir: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output folder {out} is a file; give a new folder")
-    if out.resolve() == run_dir.resolve() or (out / "checkpoints").is_dir():
+    if out.resolve() == run_dir.resolve():
         raise UsageError(f"output folder {out} is a run folder; export into a new folder")
-    if out.is_dir() and not written_by_gladiff(out):
-        others = sorted(p.name for p in out.iterdir() if p.name not in FILES and not p.name.startswith("."))
-        if others:
-            raise UsageError(f"output folder {out} is not empty ({', '.join(others[:3])}"
-                             f"{', ...' if len(others) > 3 else ''}); give a new folder or an earlier export")
+    check_out_dir(out)
 
 
 def run_evaluations(run_dir: Path) -> list[tuple[str, dict]]:

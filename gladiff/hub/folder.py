@@ -244,6 +244,23 @@ def _describe(options: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- writing
+def check_out_dir(out: str | Path) -> Path:
+    """``UsageError`` unless ``out`` can take a model folder: new, empty, or an earlier model folder
+    (whose files get replaced); never a file, a run folder or a folder holding other files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {out} is a file; give a new folder")
+    if (out / "checkpoints").is_dir():
+        raise UsageError(f"output folder {out} is a run folder; write the model into a new folder")
+    if out.is_dir() and not written_by_gladiff(out):
+        others = sorted(p.name for p in out.iterdir() if p.name not in FILES and not p.name.startswith("."))
+        if others:
+            raise UsageError(f"output folder {out} is not empty ({', '.join(others[:3])}"
+                             f"{', ...' if len(others) > 3 else ''}); give a new folder or an earlier export")
+    return check_writable_dir(out, "output folder")
+
+
+
 def save_pretrained(model: torch.nn.Module, folder: str | Path, *, objective=None, data: dict | None = None,
                     card=None, source: dict | None = None) -> Path:
     """Write ``model`` (its weights as they are, moved to the CPU) as a model folder; see the module
