@@ -131,11 +131,13 @@ def is_model(path: str) -> bool:
 
 def _sample_model(args) -> tuple[np.ndarray, np.ndarray]:
     """``--per-class`` samples of every class of the model ``args.samples`` (uint8 NHWC, labels)."""
+    from gladiff.cli.sample import check_sampler
     from gladiff.sample import class_labels, load_trained, make_decoder, sample_images
     from gladiff.train.parallel import Dist, pick_device
 
     device = pick_device(args.device or "auto")
     trained = load_trained(args.samples, device=device)
+    check_sampler(trained.objective, args.sampler, args.steps)
     k = trained.info["num_classes"]
     labels = class_labels(args.per_class * k, k, classes=range(k))
     return sample_images(trained, labels, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,

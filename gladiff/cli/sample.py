@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         held.enter_context(_run_folder_lock(args.checkpoint, args.out, dist))
         trained = load_trained(args.checkpoint, use_ema=not args.raw_weights, device=dist.device,
                                objective_opts=parse_key_values(args.objective_opt))
+        check_sampler(trained.objective, args.sampler, args.steps)
         k = trained.info["num_classes"]
         if args.per_class is not None:
             classes = classes if classes is not None else list(range(k))
@@ -129,3 +130,11 @@ def _parse_classes(text: str | None) -> list[int] | None:
     if not parts or not all(c.isdigit() for c in parts):
         raise UsageError(f"--classes must be comma-separated class indices such as 3,7, got {text!r}")
     return [int(c) for c in parts]
+
+
+def check_sampler(objective, sampler: str | None, steps) -> None:
+    """An unknown sampler or steps it cannot take is one line now, before any sampling (objectives
+    without ``network_passes``, such as test stand-ins, are not checked)."""
+    passes = getattr(objective, "network_passes", None)
+    if passes is not None:
+        passes(sampler, steps)

@@ -273,3 +273,27 @@ def test_export_refuses_bad_outputs_and_raw_weights_of_a_folder(tiny_run, tmp_pa
     assert main(["sample", str(tmp_path / "m"), "--raw-weights", "--out", str(tmp_path / "x.npz")]) == 2
     assert "holds one set of weights" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "m")
+
+
+def test_sample_a_folder_with_the_fast_samplers_and_an_unknown_one(tiny_run, tmp_path, capsys):
+    """The issue's path: an exported flow model sampled with dpm++2m; a DDPM model folder with the
+    diffusers samplers; an unknown sampler is one line naming the valid ones, before any sampling."""
+    export_run(tiny_run, tmp_path / "flow")
+    ddpm = _randomized(gladiff.create_model("DiT-S/2", **TINY))
+    ddpm.save_pretrained(tmp_path / "ddpm", objective="ddpm")
+    common = ["--num-samples", "3", "--device", "cpu", "--no-progress", "--cfg-scale", "2"]
+    for folder, sampler in [("flow", "dpm++2m"), ("flow", "midpoint"), ("ddpm", "dpm++2m"), ("ddpm", "dpm++2m-sde"),
+                            ("ddpm", "unipc")]:
+        out = tmp_path / f"{folder}-{sampler}.npz"
+        assert main(["sample", str(tmp_path / folder), "--sampler", sampler, "--steps", "4", "--out", str(out),
+                     *common]) == 0
+        images, _ = read_npz(out)
+        assert images.shape == ((3, 16, 16, 1) if folder == "flow" else (3, 8, 8, 3)), sampler
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "flow"), "--sampler", "dpm++3m", "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown sampler 'dpm++3m' for objective 'flow'; valid: euler, heun, " \
+                                   "midpoint, dpm++2m, dopri5" in err
+    assert main(["eval", str(tmp_path / "flow"), "--sampler", "unipc"]) == 2
+    assert "unknown sampler 'unipc' for objective 'flow'" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
