@@ -23,7 +23,8 @@ def register(subparsers) -> None:
                                       "Hub id owner/name")
     p.add_argument("--out", action="append", required=True,
                    help="output path, repeatable: *.npz (all samples, arr_0 uint8 [N,H,W,C], arr_1 "
-                        "int64 labels) or *.png (grid of the first --grid-count samples)")
+                        "int64 labels), *.png (grid of the first --grid-count samples) or DIR/ (a new or "
+                        "empty folder of one PNG per sample, 000012_class7.png: what FID tools read)")
     n = p.add_mutually_exclusive_group()
     n.add_argument("--num-samples", type=int, default=None, help="number of samples (default 100)")
     n.add_argument("--per-class", type=int, default=None,
