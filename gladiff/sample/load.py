@@ -86,6 +86,8 @@ def from_pretrained(name_or_path: str | Path, *, device="cpu", revision: str | N
     try:
         obj = _objective(recorded.get("name"), recorded.get("options"), objective, objective_opts)
     except ValueError as err:
+        if objective or objective_opts:  # the caller's choice: its own message says what is wrong
+            raise
         raise UsageError(f"{folder}/config.json: its objective does not build ({err})") from err
     return Trained(model=model.to(device).eval().requires_grad_(False), objective=obj, spec=spec,
                    info=dict(config["data"]), config=config, step=int(config["source"].get("step", 0)),
