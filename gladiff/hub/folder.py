@@ -301,6 +301,9 @@ def _atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its file private (0600): these are to share
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

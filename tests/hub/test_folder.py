@@ -3,6 +3,7 @@ Hub side with a mocked download, and every bad input as one clear error line."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -50,6 +51,10 @@ def test_save_pretrained_round_trip(tmp_path, name, options, objective):
             "classes": ["a", "b", "c", "d", "e"]}
     model.save_pretrained(tmp_path / "m", objective=objective, data=data)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (tmp_path / "m").iterdir():  # files to share: the umask's, not safetensors' private 0600
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
     pipe = gladiff.from_pretrained(tmp_path / "m")
     with torch.no_grad():
         torch.testing.assert_close(pipe.model(*_inputs(model)), model(*_inputs(model)), rtol=0, atol=0)
@@ -206,6 +211,8 @@ def _broken(folder, how):
         config["objective"] = {"name": "ddpm", "options": {}}
     elif how == "unknown option":
         config["model"]["options"]["dropout"] = 0.1
+    elif how == "objective option":
+        config["objective"]["options"]["steps"] = 20
     elif how == "foreign config":
         config = {"_class_name": "AutoencoderKL", "in_channels": 3}
     elif how == "not json":
@@ -226,6 +233,7 @@ def _broken(folder, how):
     ("channels disagree", UsageError, ["data in_channels 3 disagrees with the model's 1"]),
     ("objective disagrees", UsageError, ["learn_sigma True disagrees with the model's False"]),
     ("unknown option", UsageError, ["do not build a DiG", "dropout"]),
+    ("objective option", UsageError, ["its objective does not build", "unknown option(s) steps"]),
     ("foreign config", UsageError, ["was not written by gladiff"]),
     ("not json", UsageError, ["is not valid JSON"]),
 ])
