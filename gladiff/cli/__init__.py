@@ -18,7 +18,7 @@ import sys
 from gladiff.errors import GladiffError
 
 # Subcommand modules, in the order `gladiff --help` lists them.
-COMMANDS = ["models", "train", "extract_latents", "sample", "eval", "bench", "demo"]
+COMMANDS = ["models", "train", "extract_latents", "sample", "eval", "export", "convert", "bench", "demo"]
 DEBUG_ENV = "GLADIFF_DEBUG"
 _DEBUG_HELP = f"show the traceback of an error instead of one line (also {DEBUG_ENV}=1)"
 

@@ -88,7 +88,8 @@ def _score(run_dir: Path, images, labels, t_train: float, t_total: float) -> Non
         print(f"note: no digit check ({err})")
         return
     score = DigitScorer(image_size=images.shape[1]).score(images[..., 0], labels)
-    score.update(train_seconds=round(t_train, 1), total_seconds_before_check=round(t_total, 1))
+    score.update(train_seconds=round(t_train, 1), total_seconds_before_check=round(t_total, 1),
+                 sampling={k: DEMO_SAMPLE[k] for k in ("sampler", "steps", "cfg_scale", "seed")})
     (run_dir / "score.json").write_text(json.dumps(score, indent=2) + "\n")
     print(f"digit check: {100 * score['accuracy']:.1f}% of the samples read as the requested class; "
           f"Frechet distance {score['fd']:.2f} (real vs real at this size: {score['fd_real_halves']:.2f})")

@@ -6,6 +6,10 @@ get the built-in digit check (classifier accuracy and Fréchet distance; needs n
 samples (colour images, a multiple of 16 pixels square, with labels below the 49 glyph classes, or
 ``--glyphs``) get the built-in glyph check (accuracy, Fréchet distance, precision and recall; needs
 nothing).
+
+The samples may also be a model - a run folder, a checkpoint, a model folder written by gladiff
+export / convert, or a Hugging Face Hub id: it is sampled first (--per-class of every class, with
+--sampler/--steps/--cfg-scale/--seed) and the samples get the built-in check that fits them.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import sys
 
 import numpy as np
 
+from gladiff.cli.train import int_or_str
 from gladiff.errors import UsageError, check_output_file, writing
 
 DIGIT_MAX_SIZE = 64
@@ -24,8 +29,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="score samples: ADM metrics against a reference, or the built-in digit or glyph check",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("samples", help="samples .npz (arr_0: uint8 [N, H, W, 3] or [N, H, W]; arr_1: labels) "
-                                   "or, with --ref, a folder of images")
+    p.add_argument("samples", help="samples .npz (arr_0: uint8 [N, H, W, 3] or [N, H, W]; arr_1: labels), a "
+                                   "folder of images (with --ref), or a model to sample for the digit check: a "
+                                   "run folder, checkpoint, model folder or Hub id")
     p.add_argument("--ref", help="reference batch: an ADM reference .npz (e.g. VIRTUAL_imagenet256_labeled.npz) "
                                  "or a folder of images")
     p.add_argument("--inception", help="FID Inception-v3 weights, pt_inception-2015-12-05-6726825d.pth "
@@ -38,9 +44,16 @@ def register(subparsers) -> None:
     p.add_argument("--glyph-reference", type=int, default=None, metavar="N",
                    help="real glyph renders the glyph check may draw (default 10000): two sets of min(N, 5000), "
                         "one to compare the N samples with, one for the real-vs-real floor")
-    p.add_argument("--batch-size", type=int, default=64, help="Inception batch size (default 64)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="Inception batch size, and the sampling batch when SAMPLES is a model (default 64)")
     p.add_argument("--device", help="device for Inception features (default: cuda if available)")
     p.add_argument("--cache-dir", help="reference statistics cache (default ~/.cache/gladiff/eval)")
+    m = p.add_argument_group("when SAMPLES is a model (the digit check of its samples)")
+    m.add_argument("--per-class", type=int, default=100, help="samples of every class (default 100)")
+    m.add_argument("--sampler", default=None, help="sampler (default: the objective's)")
+    m.add_argument("--steps", default=None, type=int_or_str, help="sampler steps (default: the objective's)")
+    m.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1: off)")
+    m.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -90,7 +103,15 @@ def run(args) -> int:
     if args.digits and args.glyphs:
         raise UsageError("--digits and --glyphs exclude each other: samples are one or the other")
     results: dict = {}
-    source = ImageSource(args.samples)
+    if is_model(args.samples):
+        if args.ref is not None:
+            raise UsageError("--ref scores sample files: run gladiff sample MODEL --out samples.npz first, then "
+                             "gladiff eval samples.npz --ref ...")
+        if args.per_class <= 0:
+            raise UsageError(f"--per-class must be > 0, got {args.per_class}")
+        source = ArraySource(*_sample_model(args))
+    else:
+        source = ImageSource(args.samples)
     digits, glyphs, images = args.digits, args.glyphs, None
     if not (digits or glyphs) and args.ref is None:
         images = _digit_images(source) if looks_like_digits(source) else None
@@ -126,6 +147,48 @@ def run(args) -> int:
             with writing("the results", args.json), open(args.json, "w") as f:
                 f.write(text + "\n")
     return 0
+
+
+def is_model(path: str) -> bool:
+    """Whether ``path`` names a model rather than samples: a run folder, a checkpoint file, a model
+    folder (gladiff export / convert / save_pretrained) or a Hugging Face Hub id."""
+    from pathlib import Path
+
+    from gladiff.hub import is_hub_id, is_model_folder
+
+    p = Path(path)
+    return ((p / "checkpoints").is_dir() or is_model_folder(p) or (p.is_file() and p.suffix == ".pt")
+            or (p.is_dir() and p.suffix == ".dcp") or is_hub_id(path))
+
+
+def _sample_model(args) -> tuple[np.ndarray, np.ndarray]:
+    """``--per-class`` samples of every class of the model ``args.samples`` (uint8 NHWC, labels)."""
+    from gladiff.cli.sample import check_sampler
+    from gladiff.sample import class_labels, load_trained, make_decoder, sample_images
+    from gladiff.train.parallel import Dist, pick_device
+
+    device = pick_device(args.device or "auto")
+    trained = load_trained(args.samples, device=device)
+    check_sampler(trained.objective, args.sampler, args.steps)
+    k = trained.info["num_classes"]
+    labels = class_labels(args.per_class * k, k, classes=range(k))
+    return sample_images(trained, labels, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
+                         steps=args.steps, cfg_scale=args.cfg_scale, dist=Dist(device=device),
+                         decode=make_decoder(trained.info, device), progress=not args.no_progress)
+
+
+class ArraySource:
+    """Samples already in memory, with the part of ``ImageSource``'s interface the checks use."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self._images, self._labels = images, labels
+        self.shape = images.shape
+
+    def load_all(self) -> np.ndarray:
+        return self._images
+
+    def labels(self) -> np.ndarray:
+        return self._labels
 
 
 def _print(results: dict) -> None:

@@ -18,10 +18,13 @@ def register(subparsers) -> None:
         description="Sample class-conditional images from a checkpoint (EMA weights unless --raw-weights). "
                     "The images for a seed depend on --seed and --batch-size only, not on the number of "
                     "processes: `torchrun --nproc_per_node=N -m gladiff sample ...` splits the batches.")
-    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest valid checkpoint)")
+    p.add_argument("checkpoint", help="a checkpoint file, a run folder (its newest valid checkpoint), a model "
+                                      "folder (gladiff export / convert / save_pretrained) or a Hugging Face "
+                                      "Hub id owner/name")
     p.add_argument("--out", action="append", required=True,
                    help="output path, repeatable: *.npz (all samples, arr_0 uint8 [N,H,W,C], arr_1 "
-                        "int64 labels) or *.png (grid of the first --grid-count samples)")
+                        "int64 labels), *.png (grid of the first --grid-count samples) or DIR/ (a new or "
+                        "empty folder of one PNG per sample, 000012_class7.png: what FID tools read)")
     n = p.add_mutually_exclusive_group()
     n.add_argument("--num-samples", type=int, default=None, help="number of samples (default 100)")
     n.add_argument("--per-class", type=int, default=None,
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         held.enter_context(_run_folder_lock(args.checkpoint, args.out, dist))
         trained = load_trained(args.checkpoint, use_ema=not args.raw_weights, device=dist.device,
                                objective_opts=parse_key_values(args.objective_opt))
+        check_sampler(trained.objective, args.sampler, args.steps)
         k = trained.info["num_classes"]
         if args.per_class is not None:
             classes = classes if classes is not None else list(range(k))
@@ -114,7 +118,7 @@ def _run_folder_lock(checkpoint: str, outs: list[str], dist):
     from gladiff.train.run_lock import RunLock
 
     run_dir = run_dir_of(checkpoint).resolve()
-    if run_dir.is_dir() and any(run_dir in Path(o).resolve().parents for o in outs):
+    if (run_dir / "checkpoints").is_dir() and any(run_dir in Path(o).resolve().parents for o in outs):
         return RunLock(run_dir, dist)
     return contextlib.nullcontext()
 
@@ -127,3 +131,11 @@ def _parse_classes(text: str | None) -> list[int] | None:
     if not parts or not all(c.isdigit() for c in parts):
         raise UsageError(f"--classes must be comma-separated class indices such as 3,7, got {text!r}")
     return [int(c) for c in parts]
+
+
+def check_sampler(objective, sampler: str | None, steps) -> None:
+    """An unknown sampler or steps it cannot take is one line now, before any sampling (objectives
+    without ``network_passes``, such as test stand-ins, are not checked)."""
+    passes = getattr(objective, "network_passes", None)
+    if passes is not None:
+        passes(sampler, steps)

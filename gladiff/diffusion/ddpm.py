@@ -1,9 +1,11 @@
-"""The DiT/IDDPM diffusion objective: epsilon prediction, learned-range variance, hybrid loss; DDPM and DDIM samplers."""
+"""The DiT/IDDPM diffusion objective: epsilon prediction, learned-range variance, hybrid loss; DDPM and DDIM
+samplers, and DPM-Solver++ (2M, and its SDE variant) and UniPC through diffusers' schedulers."""
 from __future__ import annotations
 
 import torch
 
 from .gaussian_diffusion import GaussianDiffusion
+from . import multistep
 from .losses import mean_flat
 from .objective import Objective
 from .schedules import get_beta_schedule, space_timesteps
@@ -16,7 +18,11 @@ class DDPM(Objective):
     learn_sigma (True: the model outputs [epsilon, v] with 2C channels and the variance is learned in
     IDDPM's range; False: C channels, fixed variance), sigma_small (fixed variance tilde_beta instead of
     beta; only without learn_sigma), clip_denoised (clamp predicted x_0 to [-1, 1] while sampling; DiT
-    samples latents and does not), default_sampler ("ddpm"), default_steps (250 = the paper's sampling, or T if smaller).
+    samples latents and does not), default_sampler ("ddpm"), default_steps (250 = the paper's sampling, or T if smaller),
+    guided_channels (None: guidance extrapolates every epsilon channel; an int k guides only channels [:k] and
+    takes the rest from the conditional pass, which k = 3 makes the official DiT/DiG code's guidance).
+    Samplers: "ddpm" (ancestral), "ddim" (eta), and through diffusers' schedulers "dpm++2m",
+    "dpm++2m-sde" and "unipc" (second order, 20 steps by default; ``multistep``).
 
     Loss (IDDPM "hybrid"): mean-squared error on epsilon + L_vb, where L_vb is the variational-bound term
     of the timestep (bits/dim) computed with the predicted mean detached, so it trains only the variance,
@@ -25,12 +31,13 @@ class DDPM(Objective):
     """
 
     name = "ddpm"
-    samplers = ("ddpm", "ddim")
-    sampler_options = {"ddpm": {}, "ddim": {"eta": 0.0}}
+    samplers = ("ddpm", "ddim", *multistep.SAMPLERS)
+    sampler_options = {"ddpm": {}, "ddim": {"eta": 0.0}, **{s: {} for s in multistep.SAMPLERS}}
+    fast_samplers = {s: 20 for s in multistep.SAMPLERS}
 
     def __init__(self, num_timesteps: int = 1000, beta_schedule: str = "linear", learn_sigma: bool = True,
                  sigma_small: bool = False, clip_denoised: bool = False, default_sampler: str = "ddpm",
-                 default_steps: int | str | None = None):
+                 default_steps: int | str | None = None, guided_channels: int | None = None):
         self.num_timesteps = num_timesteps
         self.beta_schedule = beta_schedule
         self.learn_sigma = bool(learn_sigma)
@@ -43,7 +50,23 @@ class DDPM(Objective):
         if default_steps is None:
             default_steps = min(250, num_timesteps)
         self.default_steps = self._normalize_steps(self.default_sampler, default_steps)
+        if guided_channels is not None and (isinstance(guided_channels, bool) or not isinstance(guided_channels, int)
+                                            or guided_channels < 1):
+            raise ValueError(f"guided_channels must be a positive integer or None, got {guided_channels!r}")
+        self.guided_channels = guided_channels
         self._respaced: dict[tuple, GaussianDiffusion] = {}
+
+    def options(self) -> dict:
+        """The constructor options that rebuild this objective: ``DDPM(**obj.options())``."""
+        return {"num_timesteps": self.num_timesteps, "beta_schedule": self.beta_schedule,
+                "learn_sigma": self.learn_sigma, "sigma_small": self.sigma_small,
+                "clip_denoised": self.clip_denoised, "default_sampler": self.default_sampler,
+                "default_steps": self.default_steps, "guided_channels": self.guided_channels}
+
+    def _guided_channels(self, channels: int) -> int | None:
+        if self.guided_channels is not None:
+            return min(self.guided_channels, channels)
+        return super()._guided_channels(channels)
 
     def __repr__(self):
         return (f"DDPM(num_timesteps={self.num_timesteps}, beta_schedule={self.beta_schedule!r}, "
@@ -98,7 +121,14 @@ class DDPM(Objective):
 
     # ---------------------------------------------------------------------------------- sampling
     def _normalize_steps(self, sampler: str, steps):
-        """Int (evenly spaced steps) or an IDDPM respacing string ("250", "10,20", "ddim50")."""
+        """Int (evenly spaced steps) or an IDDPM respacing string ("250", "10,20", "ddim50"); the
+        diffusers samplers take an int (their own even spacing)."""
+        if sampler in multistep.SAMPLERS:
+            if isinstance(steps, str) and steps.strip().isdigit():
+                steps = int(steps)
+            if isinstance(steps, bool) or not isinstance(steps, int):
+                raise ValueError(f"sampler {sampler!r} takes a number of steps such as 20, got {steps!r} "
+                                 "(respacing strings are for ddpm and ddim)")
         if isinstance(steps, bool):
             raise ValueError(f"steps must be a positive int or a respacing string, got {steps!r}")
         if isinstance(steps, int):
@@ -123,9 +153,13 @@ class DDPM(Objective):
         return self._respaced[key]
 
     def _network_passes(self, sampler: str, steps) -> int:
+        if sampler in multistep.SAMPLERS:
+            return steps
         return self.respaced(steps).num_timesteps  # both samplers: one pass per step of the chain
 
     def _run_sampler(self, sampler, denoise, x, steps, rng, progress, eta: float = 0.0):
+        if sampler in multistep.SAMPLERS:
+            return self._multistep(sampler, denoise, x, steps, rng, progress)
         dif = self.respaced(steps)
         if sampler == "ddpm":
             return self._ancestral(dif, denoise, x, rng, progress)
@@ -143,6 +177,24 @@ class DDPM(Objective):
             if k > 0:
                 x = x + (0.5 * p["log_variance"]).exp() * rng(x.shape)
         return x
+
+    def _multistep(self, sampler: str, denoise, x, steps: int, rng, progress):
+        """DPM-Solver++ / UniPC (``multistep``) on the full T-step chain: the model is told the
+        scheduler's integer timesteps and only its epsilon channels are used (with
+        ``clip_denoised``, the epsilon of the clamped x_0, as the other samplers do)."""
+        scheduler = multistep.make_scheduler(sampler, self.diffusion.betas, steps)
+        channels, dif = x.shape[1], self.diffusion
+
+        def eps(x_t, t: int, i: int):
+            e = denoise(x_t, t, i + 1, steps)[:, :channels]
+            if self.clip_denoised:
+                tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+                e = dif.predict_eps_from_x0(x_t, tt, dif.predict_x0_from_eps(x_t, tt, e).clamp(-1, 1))
+            return e
+
+        noise = rng if sampler == "dpm++2m-sde" else None
+        return multistep.multistep_sample(scheduler, eps, x, noise,
+                                          self._progress(range(steps), steps, progress, sampler))
 
     def _ddim(self, dif: GaussianDiffusion, denoise, x, rng, progress, eta: float):
         """DDIM (Song et al. 2021): x_{t'} = sqrt(abar') x0 + sqrt(1 - abar' - s^2) eps + s z,

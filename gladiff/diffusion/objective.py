@@ -25,6 +25,14 @@ class Objective:
     default_steps: int | str = 0
     # Extra keyword options each sampler accepts in `sample(..., **options)`, with their defaults.
     sampler_options: dict[str, dict] = {}
+    # Few-step samplers and their default number of steps when `steps` is not given (other samplers,
+    # and these when they are the default sampler, take `default_steps`).
+    fast_samplers: dict[str, int] = {}
+
+    def options(self) -> dict:
+        """The constructor options that rebuild this objective (``create_objective(obj.name,
+        **obj.options())``): what a shared model folder records."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------------------------- training
     def training_loss(self, model, x0: torch.Tensor, y, t=None, noise=None) -> dict:
@@ -48,7 +56,7 @@ class Objective:
         Returns the final samples, a `dtype` tensor of `shape` on `device`.
         """
         sampler = self._resolve_sampler(sampler)
-        steps = self._normalize_steps(sampler, self.default_steps if steps is None else steps)
+        steps = self._normalize_steps(sampler, self._default_steps(sampler) if steps is None else steps)
         options = self._resolve_options(sampler, options)
         shape = _check_shape(shape)
         device = _resolve_device(device, model, y)
@@ -87,7 +95,12 @@ class Objective:
         advance (adaptive step sizes). Raises like `sample` for an unknown sampler or bad steps."""
         sampler = self._resolve_sampler(sampler)
         return self._network_passes(sampler, self._normalize_steps(
-            sampler, self.default_steps if steps is None else steps))
+            sampler, self._default_steps(sampler) if steps is None else steps))
+
+    def _default_steps(self, sampler: str):
+        if sampler == self.default_sampler:
+            return self.default_steps
+        return self.fast_samplers.get(sampler, self.default_steps)
 
     # ------------------------------------------------------------------------------ subclass hooks
     def _normalize_steps(self, sampler: str, steps):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -29,6 +30,8 @@ from .precision_recall import precision_recall
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 IMAGE_KEYS = ("arr_0", "images", "samples")
 LABEL_KEYS = ("arr_1", "labels", "y")
+# A folder of samples written by `gladiff sample --out DIR/` names each file 000123_class7.png.
+LABEL_IN_NAME = re.compile(r"_class(\d+)\.\w+$")
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 # Part of the cache key: bump when feature extraction changes.
 PROTOCOL = "adm-v1"
@@ -151,9 +154,12 @@ class ImageSource:
         return images.reshape(self.shape)
 
     def labels(self) -> np.ndarray | None:
-        """The ``arr_1`` / ``labels`` array of an ``.npz`` (int64 ``[N]``), else None."""
+        """The ``arr_1`` / ``labels`` array of an ``.npz`` (int64 ``[N]``), the labels in the file
+        names of a folder whose every file is named ``..._class<label>.png`` (as ``gladiff sample
+        --out DIR/`` writes them), else None."""
         if self.files is not None:
-            return None
+            found = [LABEL_IN_NAME.search(p.name) for p in self.files]
+            return np.array([int(m.group(1)) for m in found], dtype=np.int64) if all(found) else None
         with zipfile.ZipFile(self.path) as zf:
             member = _npz_member(zf, LABEL_KEYS)
         if member is None:

@@ -101,6 +101,28 @@ class DiffusionTransformer(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
         self.initialize_family_weights()
 
+    # -- what it is
+    def config(self) -> dict:
+        """Every constructor option that shapes the network, as plain data: ``type(self)(**config())``
+        (or ``create_model(self.name, **config())``) builds the same function, so these are what
+        ``save_pretrained`` records. Execution choices (kernel backends) are not among them: the
+        machine that loads a model picks its own."""
+        h, w = self.input_size
+        return {"input_size": h if h == w else [h, w], "patch_size": self.patch_size,
+                "in_channels": self.in_channels, "hidden_size": self.hidden_size, "depth": self.depth,
+                "num_heads": self.num_heads, "class_dropout_prob": float(self.y_embedder.dropout_prob),
+                "num_classes": self.num_classes, "learn_sigma": bool(self.learn_sigma)}
+
+    def save_pretrained(self, folder, *, objective=None, data: dict | None = None, card: str | None = None):
+        """Write this model as a shareable folder: ``model.safetensors`` (the weights as they are now),
+        ``config.json`` (``config()``, the zoo name, and ``objective``: an objective or its name, the
+        training ``data`` facts) and a ``README.md`` model card (``card``, or one generated from
+        the config). ``gladiff.from_pretrained(folder)`` reads it back. The folder format and its
+        checks live in ``gladiff.hub`` (docs/sharing.md); returns the folder's path."""
+        from gladiff.hub import save_pretrained  # the format is a layer above the models
+
+        return save_pretrained(self, folder, objective=objective, data=data, card=card)
+
     # -- helpers
     @property
     def null_label(self) -> int | None:

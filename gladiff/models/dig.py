@@ -241,6 +241,12 @@ class DiG(DiffusionTransformer):
         self.intermediate_size = intermediate_size
         super().__init__(*args, **kwargs)
 
+    def config(self) -> dict:
+        """The skeleton's options plus DiG's (the SwiGLU width as built)."""
+        width = self.blocks[0].mlp.intermediate_size if len(self.blocks) else self.intermediate_size
+        return {**super().config(), "scan_schedule": self.scan_schedule, "dwconv": bool(self.use_dwconv),
+                "dwconv_init": self.dwconv_init, "intermediate_size": width}
+
     def build_blocks(self):
         return [DiGBlock(self.hidden_size, self.num_heads, block_orientation(i, self.scan_schedule),
                          dwconv=self.use_dwconv, gla_backend=self.gla_backend,

@@ -67,5 +67,9 @@ class DiT(DiffusionTransformer):
         self.mlp_ratio = mlp_ratio
         super().__init__(*args, **kwargs)
 
+    def config(self) -> dict:
+        """The skeleton's options plus DiT's."""
+        return {**super().config(), "mlp_ratio": self.mlp_ratio}
+
     def build_blocks(self):
         return [DiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio) for _ in range(self.depth)]

@@ -57,6 +57,39 @@ def save_grid(path: str | Path, images: np.ndarray, nrow: int | None = None, sca
     return path
 
 
+SAMPLE_NAME = "{index:06d}_class{label}.png"  # one sample per file, its label in the name (eval/adm reads it)
+
+
+def save_images(folder: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Write ``uint8 [N, H, W, C]`` images as one PNG each, ``SAMPLE_NAME`` (index and label in the
+    name), into the new or empty ``folder``: the layout FID tools read (pytorch-fid, clean-fid,
+    torch-fidelity), and ``gladiff eval`` reads the labels back from the names. The files are
+    written into a temporary folder beside it that then takes its place, so a crash leaves no half
+    set. Returns the folder."""
+    from PIL import Image
+
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected uint8 images [N, H, W, 1 or 3], got {images.dtype} {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"expected {images.shape[0]} labels, got shape {labels.shape}")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir()
+        for i, (img, label) in enumerate(zip(images, labels)):
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
+                tmp / SAMPLE_NAME.format(index=i, label=int(label)), format="PNG")
+        os.replace(tmp, folder)  # onto a missing or empty folder
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
 def write_npz(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
     """The ADM evaluation format: ``arr_0`` = ``uint8 [N, H, W, C]`` images, ``arr_1`` = ``int64 [N]``
     labels. Written to a temporary file and renamed, so readers never see half a file."""

@@ -1,11 +1,12 @@
 """Sampling a trained model into files, over one process or many (``torchrun``).
 
 Each rank computes its global batches (``generate``), writes its share to a temporary ``.npz``,
-and rank 0 merges the shares in sample-index order and writes the outputs: a PNG grid and/or an
-ADM-format ``.npz``.
+and rank 0 merges the shares in sample-index order and writes the outputs: a PNG grid, an
+ADM-format ``.npz`` and/or a folder of one PNG per sample (an output path ending in ``/``).
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gladiff.errors import UsageError, check_output_file, writing
+from gladiff.errors import StorageError, UsageError, check_output_file, check_writable_dir, writing
 from gladiff.models import uncompile_blocks
 from gladiff.models.payback import options_for
 from gladiff.train import parallel
@@ -22,7 +23,7 @@ from gladiff.train.parallel import Dist
 from .auto import AutoExecution
 from .generate import generate, my_batches
 from .graphed import for_sampling, resolve_execution
-from .images import save_grid, write_npz
+from .images import save_grid, save_images, write_npz
 from .load import Trained
 
 
@@ -92,27 +93,54 @@ def merge_shares(folder: Path, num_samples: int) -> np.ndarray:
     return out
 
 
-OUTPUT_SUFFIXES = (".npz", ".png")  # sample archive, grid
+OUTPUT_SUFFIXES = (".npz", ".png")  # sample archive, grid; a path ending in "/" is a folder of PNGs
+
+
+def is_folder_output(out) -> bool:
+    """Whether output ``out`` (as typed) names a folder of one PNG per sample: it ends in ``/``."""
+    return str(out).endswith(("/", os.sep))
 
 
 def check_outputs(outs) -> list[Path]:
-    """Before sampling: each path of ``outs`` ends in ``.npz`` or ``.png``, is not a folder, and its
-    folder can be written (``UsageError`` / ``StorageError`` naming the path otherwise)."""
-    return [check_output_file(out, "output", OUTPUT_SUFFIXES) for out in outs]
+    """Before sampling: each path of ``outs`` ends in ``.npz`` or ``.png`` and is not a folder, or
+    ends in ``/`` and is a new or empty folder; and its folder can be written (``UsageError`` /
+    ``StorageError`` naming the path otherwise)."""
+    checked = []
+    for out in outs:
+        if is_folder_output(out):
+            folder = Path(out)
+            if folder.is_dir() and any(folder.iterdir()):
+                raise UsageError(f"output folder {out} is not empty; give a new or empty folder for the "
+                                 "per-sample PNGs (a folder read by FID tools must hold these samples only)")
+            checked.append(check_writable_dir(folder, "output folder"))
+        else:
+            path = Path(out)
+            if path.is_dir():
+                raise StorageError(f"output {out} is a folder; give a file path such as {path / 'samples.npz'}, "
+                                   f"or {out}/ for one PNG per sample")
+            if path.suffix not in OUTPUT_SUFFIXES:
+                raise UsageError(f"output {out} must end in .npz or .png (a sample archive, a grid), or "
+                                 "in / (a folder of one PNG per sample)")
+            checked.append(check_output_file(out, "output", OUTPUT_SUFFIXES))
+    return checked
 
 
 def write_outputs(outs, images: np.ndarray, labels: np.ndarray, grid_count: int = 100,
                   nrow: int | None = None) -> list[Path]:
     """Write each path of ``outs``: ``.npz`` -> all samples (ADM format); ``.png`` -> a grid of the
-    first ``grid_count`` samples (enlarged so small images stay visible). A full disk is a
-    ``StorageError`` naming the file."""
+    first ``grid_count`` samples (enlarged so small images stay visible); ``DIR/`` -> one PNG per
+    sample, ``{index:06d}_class{label}.png``. A full disk is a ``StorageError`` naming the file."""
     written = []
     for out in outs:
+        folder = is_folder_output(out)
         out = Path(out)
-        if out.suffix not in OUTPUT_SUFFIXES:
-            raise UsageError(f"output {out} must end in .npz (sample archive) or .png (grid)")
+        if not folder and out.suffix not in OUTPUT_SUFFIXES:
+            raise UsageError(f"output {out} must end in .npz or .png (a sample archive, a grid), or "
+                             "in / (a folder of one PNG per sample)")
         with writing("the samples", out, then="sample again"):
-            if out.suffix == ".npz":
+            if folder:
+                written.append(save_images(out, images, labels))
+            elif out.suffix == ".npz":
                 written.append(write_npz(out, images, labels))
             else:
                 shown = images[:grid_count]

@@ -41,6 +41,11 @@ CASES = [  # (objective options, sampler, steps, sampler options)
     (("flow", {}), "euler", 15, {}),
     (("flow", {}), "heun", 8, {}),
     (("flow", {}), "dopri5", None, dict(rtol=1e-6, atol=1e-6)),
+    (("ddpm", dict(learn_sigma=True)), "dpm++2m", 10, {}),
+    (("ddpm", dict(learn_sigma=True)), "dpm++2m-sde", 10, {}),
+    (("ddpm", dict(learn_sigma=False)), "unipc", 10, {}),
+    (("flow", {}), "midpoint", 6, {}),
+    (("flow", {}), "dpm++2m", 10, {}),
 ]
 
 
@@ -85,12 +90,15 @@ def test_guided_sampling_equals_closed_form_extrapolation(oracles, gmm, objectiv
     expected = torch.cat([y, torch.full_like(y, NULL)])
     assert recorder.calls and all(n == 12 and torch.equal(labels, expected) for n, labels in recorder.calls)
     if steps is not None:
-        assert len(recorder.calls) == (2 * steps if sampler == "heun" else int(str(steps).lstrip("dim")))
+        assert len(recorder.calls) == (2 * steps if sampler in ("heun", "midpoint") else int(str(steps).lstrip("dim")))
 
 
 @pytest.mark.parametrize("objective,sampler,steps", [(("ddpm", dict(learn_sigma=True)), "ddpm", 250),
                                                      (("ddpm", dict(learn_sigma=False)), "ddim", 50),
-                                                     (("flow", {}), "heun", 20)])
+                                                     (("flow", {}), "heun", 20),
+                                                     (("ddpm", dict(learn_sigma=True)), "dpm++2m", 20),
+                                                     (("ddpm", dict(learn_sigma=True)), "unipc", 20),
+                                                     (("flow", {}), "dpm++2m", 20)])
 def test_guided_gaussians_land_on_the_extrapolated_gaussian(oracles, objective, sampler, steps):
     """For Gaussians N(m_c, S) (class 0) and N(m_u, S) (null) with one covariance, the optimal epsilon and
     velocity are affine in the mean, so guidance with scale s is exact sampling from N(m_u + s (m_c - m_u), S).

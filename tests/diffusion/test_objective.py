@@ -1,5 +1,6 @@
 """The public objective API: construction, attributes, shapes/dtypes, determinism and error cases."""
 import math
+import re
 
 import pytest
 import torch
@@ -19,18 +20,19 @@ def stand_in(learn_sigma, null_label=None):
     return model
 
 
-ALL_PAIRS = [("ddpm", s) for s in ("ddpm", "ddim")] + [("flow", s) for s in ("euler", "heun", "dopri5")]
+ALL_PAIRS = ([("ddpm", s) for s in ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")]
+             + [("flow", s) for s in ("euler", "heun", "midpoint", "dpm++2m", "dopri5")])
 
 
 def test_registry_and_attributes():
     assert set(OBJECTIVES) == {"ddpm", "flow"}
     ddpm = create_objective("ddpm", num_timesteps=1000, beta_schedule="linear", learn_sigma=True)
-    assert ddpm.learn_sigma is True and ddpm.samplers == ("ddpm", "ddim")
+    assert ddpm.learn_sigma is True and ddpm.samplers == ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")
     assert ddpm.default_sampler == "ddpm" and ddpm.default_steps == 250
     assert create_objective("ddpm", learn_sigma=False).learn_sigma is False
     assert create_objective("ddpm", num_timesteps=100).default_steps == 100
     flow = create_objective("flow")
-    assert flow.learn_sigma is False and flow.samplers == ("euler", "heun", "dopri5")
+    assert flow.learn_sigma is False and flow.samplers == ("euler", "heun", "midpoint", "dpm++2m", "dopri5")
     assert flow.default_sampler == "heun" and flow.default_steps == 50
 
 
@@ -89,7 +91,7 @@ def test_sampling_errors(name):
     model = stand_in(obj.learn_sigma)
     y = torch.tensor([0, 1])
     with pytest.raises(ValueError, match=f"unknown sampler 'plms' for objective '{name}'; valid: "
-                                         + ", ".join(obj.samplers)):
+                                         + re.escape(", ".join(obj.samplers))):
         obj.sample(model, (2, 2), y, sampler="plms")
     for bad in (0, -3):
         with pytest.raises(ValueError, match="steps must be positive"):
