@@ -113,12 +113,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_folder_lock(checkpoint: str, outs: list[str], dist):
     """The run folder's lock (``RunLock``) when an output lies inside the run folder sampled from, so
-    that a trainer cannot start on that folder meanwhile, nor this while one runs; else no lock."""
+    that a trainer cannot start on that folder meanwhile, nor this while one runs; else (a model
+    folder, outputs elsewhere) no lock."""
+    from gladiff.hub.folder import is_model_folder
     from gladiff.train.checkpoint import run_dir_of
     from gladiff.train.run_lock import RunLock
 
     run_dir = run_dir_of(checkpoint).resolve()
-    if (run_dir / "checkpoints").is_dir() and any(run_dir in Path(o).resolve().parents for o in outs):
+    if (run_dir.is_dir() and not is_model_folder(run_dir)
+            and any(run_dir in Path(o).resolve().parents for o in outs)):
         return RunLock(run_dir, dist)
     return contextlib.nullcontext()
 
