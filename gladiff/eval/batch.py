@@ -1,5 +1,5 @@
-"""What the built-in classifier checks (digits, glyphs) share: image batches in any layout, and a
-fixed CPU thread count for deterministic training."""
+"""What the built-in classifier checks (digits, glyphs) share: image batches in any layout, a fixed
+CPU thread count for deterministic training, and reading a classifier's features and predictions."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -46,3 +46,28 @@ def fixed_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class ClassifierReader:
+    """Features and predictions of a classifier ``self.net`` (with ``features(x)`` and ``head(f)``) on
+    uint8 images, which ``self.to_batch(images)`` turns into its input; batches of ``BATCH``."""
+
+    BATCH = 500
+
+    @torch.no_grad()
+    def _run(self, images) -> tuple[np.ndarray, np.ndarray]:
+        x = self.to_batch(images)
+        feats, preds = [], []
+        for start in range(0, len(x), self.BATCH):
+            f = self.net.features(x[start:start + self.BATCH])
+            feats.append(f)
+            preds.append(self.net.head(f).argmax(1))
+        return torch.cat(feats).double().numpy(), torch.cat(preds).numpy()
+
+    def features(self, images) -> np.ndarray:
+        """``[N, F]`` float64 penultimate features of uint8 images."""
+        return self._run(images)[0]
+
+    def predict(self, images) -> np.ndarray:
+        """``[N]`` int64 predicted classes of uint8 images."""
+        return self._run(images)[1]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from gladiff.data.digits import DEFAULT_IMAGE_SIZE, NUM_CLASSES, digits_arrays, digits_split
 
-from .batch import fixed_threads, to_float_batch
+from .batch import ClassifierReader, fixed_threads, to_float_batch
 from .frechet import frechet_distance, gaussian_statistics
 
 FEATURE_DIM = 64
@@ -165,36 +165,25 @@ def to_digit_batch(images, image_size: int) -> torch.Tensor:
 _REAL_CACHE: "weakref.WeakKeyDictionary[DigitClassifier, dict]" = weakref.WeakKeyDictionary()
 
 
-class DigitScorer:
+class DigitScorer(ClassifierReader):
     """Accuracy and Fréchet distance of digit samples under the project's digit classifier.
 
     Args:
         image_size: the classifier's resolution (samples of other sizes are resized to it).
         cache_dir: disk cache root for the trained classifier (``False``: memory only).
+
+    ``features`` (``[N, 64]``) and ``predict`` come from ``ClassifierReader``.
     """
+
+    BATCH = 2048
 
     def __init__(self, image_size: int = DEFAULT_IMAGE_SIZE, cache_dir: str | os.PathLike | bool | None = None,
                  progress: bool = False):
         self.image_size = image_size
         self.net = digit_classifier(image_size, cache_dir=cache_dir, progress=progress)
 
-    @torch.no_grad()
-    def _run(self, images, batch_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-        x = to_digit_batch(images, self.image_size)
-        feats, preds = [], []
-        for start in range(0, len(x), batch_size):
-            f = self.net.features(x[start:start + batch_size])
-            feats.append(f)
-            preds.append(self.net.head(f).argmax(1))
-        return torch.cat(feats).double().numpy(), torch.cat(preds).numpy()
-
-    def features(self, images) -> np.ndarray:
-        """``[N, 64]`` float64 penultimate features of uint8 digit images."""
-        return self._run(images)[0]
-
-    def predict(self, images) -> np.ndarray:
-        """``[N]`` int64 predicted classes of uint8 digit images."""
-        return self._run(images)[1]
+    def to_batch(self, images) -> torch.Tensor:
+        return to_digit_batch(images, self.image_size)
 
     def _real(self) -> dict:
         return _REAL_CACHE.setdefault(self.net, {})

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from gladiff.data.glyphs import (CLASSES, NUM_CLASSES, RENDER_VERSION, check_image_size, glyphs_arrays,
                                  render_glyph)
 
-from .batch import fixed_threads, to_float_batch
+from .batch import ClassifierReader, fixed_threads, to_float_batch
 from .frechet import frechet_distance, gaussian_statistics
 from .precision_recall import precision_recall
 
@@ -189,7 +189,7 @@ def glyph_classifier() -> GlyphClassifier:
 _REAL_CACHE: "weakref.WeakKeyDictionary[GlyphClassifier, dict]" = weakref.WeakKeyDictionary()
 
 
-class GlyphScorer:
+class GlyphScorer(ClassifierReader):
     """Accuracy, Fréchet distance, precision and recall of glyph samples under the glyph classifier.
 
     Args:
@@ -197,6 +197,8 @@ class GlyphScorer:
             ``2 * min(N, n_reference // 2)`` of them are drawn for N samples.
         net: the classifier (default: the shipped one).
         progress: show a progress bar while the real renders are drawn.
+
+    ``features`` (``[N, 128]``) and ``predict`` come from ``ClassifierReader``.
     """
 
     def __init__(self, n_reference: int = DEFAULT_REFERENCE, net: GlyphClassifier | None = None,
@@ -207,23 +209,8 @@ class GlyphScorer:
         self.n_reference = int(n_reference)
         self.progress = progress
 
-    @torch.no_grad()
-    def _run(self, images, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-        x = to_glyph_batch(images)
-        feats, preds = [], []
-        for start in range(0, len(x), batch_size):
-            f = self.net.features(x[start:start + batch_size])
-            feats.append(f)
-            preds.append(self.net.head(f).argmax(1))
-        return torch.cat(feats).double().numpy(), torch.cat(preds).numpy()
-
-    def features(self, images) -> np.ndarray:
-        """``[N, 128]`` float64 penultimate features of uint8 glyph images."""
-        return self._run(images)[0]
-
-    def predict(self, images) -> np.ndarray:
-        """``[N]`` int64 predicted classes of uint8 glyph images."""
-        return self._run(images)[1]
+    def to_batch(self, images) -> torch.Tensor:
+        return to_glyph_batch(images)
 
     def reference_features(self, image_size: int, m: int) -> tuple[np.ndarray, np.ndarray]:
         """Features ``[m, 128]`` of the two halves of real renders at ``image_size``: A is renders
