@@ -48,6 +48,19 @@ def fixed_threads(n: int):
         torch.set_num_threads(before)
 
 
+def accuracy(preds: np.ndarray, labels, num_classes: int) -> float | None:
+    """Share of ``preds`` equal to the requested ``labels`` (``[N]`` integers in ``0 .. num_classes - 1``,
+    array or tensor); None without labels."""
+    if labels is None:
+        return None
+    lab = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels).reshape(-1)
+    if lab.shape[0] != len(preds):
+        raise ValueError(f"got {len(preds)} images but {lab.shape[0]} labels")
+    if not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0 or lab.max() >= num_classes:
+        raise ValueError(f"labels must be integers in 0..{num_classes - 1}")
+    return float((preds == lab).mean())
+
+
 class ClassifierReader:
     """Features and predictions of a classifier ``self.net`` (with ``features(x)`` and ``head(f)``) on
     uint8 images, which ``self.to_batch(images)`` turns into its input; batches of ``BATCH``."""

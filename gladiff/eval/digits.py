@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from gladiff.data.digits import DEFAULT_IMAGE_SIZE, NUM_CLASSES, digits_arrays, digits_split
 
-from .batch import ClassifierReader, fixed_threads, to_float_batch
+from .batch import ClassifierReader, accuracy, fixed_threads, to_float_batch
 from .frechet import frechet_distance, gaussian_statistics
 
 FEATURE_DIM = 64
@@ -210,16 +210,9 @@ class DigitScorer(ClassifierReader):
         n = len(feats)
         if n < 2:
             raise ValueError(f"need at least 2 samples for a Fréchet distance, got {n}")
-        accuracy = None
-        if labels is not None:
-            lab = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels).reshape(-1)
-            if lab.shape[0] != n:
-                raise ValueError(f"got {n} images but {lab.shape[0]} labels")
-            if not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0 or lab.max() >= NUM_CLASSES:
-                raise ValueError(f"labels must be integers in 0..{NUM_CLASSES - 1}")
-            accuracy = float((preds == lab).mean())
+        acc = accuracy(preds, labels, NUM_CLASSES)
         fd = frechet_distance(*gaussian_statistics(feats), *self._real_statistics())
-        return {"accuracy": accuracy, "fd": fd, "fd_real_halves": self.fd_real_halves(n, seed), "n": n}
+        return {"accuracy": acc, "fd": fd, "fd_real_halves": self.fd_real_halves(n, seed), "n": n}
 
     def _real_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         cache = self._real()

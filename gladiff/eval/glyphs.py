@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from gladiff.data.glyphs import (CLASSES, NUM_CLASSES, RENDER_VERSION, check_image_size, glyphs_arrays,
                                  render_glyph)
 
-from .batch import ClassifierReader, fixed_threads, to_float_batch
+from .batch import ClassifierReader, accuracy, fixed_threads, to_float_batch
 from .frechet import frechet_distance, gaussian_statistics
 from .precision_recall import precision_recall
 
@@ -267,18 +267,11 @@ class GlyphScorer(ClassifierReader):
         n = len(feats)
         if n < 4:
             raise ValueError(f"need at least 4 samples for the Fréchet distance and precision/recall, got {n}")
-        accuracy = None
-        if labels is not None:
-            lab = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels).reshape(-1)
-            if lab.shape[0] != n:
-                raise ValueError(f"got {n} images but {lab.shape[0]} labels")
-            if not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0 or lab.max() >= NUM_CLASSES:
-                raise ValueError(f"labels must be integers in 0..{NUM_CLASSES - 1}")
-            accuracy = float((preds == lab).mean())
+        acc = accuracy(preds, labels, NUM_CLASSES)
         m = min(n, self.n_reference // 2)
         ref, _ = self.reference_features(size, m)
         precision, recall = precision_recall(ref, feats)
-        return {"accuracy": accuracy, "fd": frechet_distance(*gaussian_statistics(feats), *gaussian_statistics(ref)),
+        return {"accuracy": acc, "fd": frechet_distance(*gaussian_statistics(feats), *gaussian_statistics(ref)),
                 "precision": precision, "recall": recall, **self._real_vs_real(size, m),
                 "n": n, "n_reference": m, "image_size": size}
 
@@ -293,11 +286,11 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     path = save_weights(net, args.out)
     shipped = load_weights(path)  # what users get: the float16 weights read back as float32
-    accuracy = {f"{s}px": held_out_accuracy(shipped, s) for s in (32, 64, 128)}
-    save_weights(shipped, path, held_out_accuracy=accuracy, train_seconds=round(seconds, 1),
+    held_out = {f"{s}px": held_out_accuracy(shipped, s) for s in (32, 64, 128)}
+    save_weights(shipped, path, held_out_accuracy=held_out, train_seconds=round(seconds, 1),
                  torch_version=str(torch.__version__))
     print(f"trained in {seconds:.0f} s; held-out accuracy (2,000 renders each): "
-          + ", ".join(f"{s} {100 * a:.2f}%" for s, a in accuracy.items())
+          + ", ".join(f"{s} {100 * a:.2f}%" for s, a in held_out.items())
           + f"; wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return 0
 
