@@ -48,6 +48,9 @@ def main(argv=None):
                         help="backwards of the sequential kernels (one kernel, or a dq and a dk/dv/dg launch)")
     parser.add_argument("--maxnregs", nargs="+", type=int, default=[0],
                         help="register caps per thread for the sequential kernels (0: ptxas's choice)")
+    parser.add_argument("--prefetch", nargs="+", default=[str(K.CONFIG["prefetch"])], choices=["auto", "0", "1"],
+                        help="sequential backward: load the next chunk's tiles before the current chunk's work "
+                             "(1), not (0), or only without a register cap (auto)")
     parser.add_argument("--shapes", nargs="+", default=None, help="B,H,T triples (default: DiG's shapes)")
     args = parser.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
@@ -58,10 +61,11 @@ def main(argv=None):
     pairs = [(int(c.split(":")[0]), c.split(":")[1]) for c in args.configs]
     # (impl, chunk, warps, dot, segment, bwd, maxnreg); the parallel kernels have no segments, bwd
     # choice or register cap here.
-    configs = [(impl, chunk, warps, dot, seg, bwd, cap)
-               for impl, (chunk, dot), warps, seg, bwd, cap in itertools.product(
-                   args.impls, pairs, args.warps, args.segments, args.bwds, args.maxnregs)
-               if impl == "sequential" or (seg == 0 and bwd == args.bwds[0] and cap == args.maxnregs[0])]
+    configs = [(impl, chunk, warps, dot, seg, bwd, cap, pf)
+               for impl, (chunk, dot), warps, seg, bwd, cap, pf in itertools.product(
+                   args.impls, pairs, args.warps, args.segments, args.bwds, args.maxnregs, args.prefetch)
+               if impl == "sequential" or (seg == 0 and bwd == args.bwds[0] and cap == args.maxnregs[0]
+                                           and pf == args.prefetch[0])]
     for B, H, T in shapes:
         q = torch.randn(B, T, H, 32, device="cuda", dtype=torch.bfloat16)
         k = torch.randn_like(q)
@@ -72,8 +76,9 @@ def main(argv=None):
         args_ = (q, k, v, g)
         o_ref, s0, gs = K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side)
         ref = [o_ref, *K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, bwd="fused")]
-        for impl, chunk, warps, dot, seg, bwd, cap in configs:
+        for impl, chunk, warps, dot, seg, bwd, cap, pf in configs:
             M = P if impl == "parallel" else K
+            K.CONFIG["prefetch"] = pf if pf == "auto" else int(pf)
             kw = dict(chunk=chunk, num_warps=warps, dot=dot)
             bwd_kw = {}
             if impl == "sequential":
@@ -94,12 +99,12 @@ def main(argv=None):
             # The parallel kernels have no segments: one "segment" per chunk, reported as such.
             seg_len, nseg = K.plan_segments(B * H, T, kw["segment"], chunk) if impl == "sequential" else \
                 (chunk, triton.cdiv(T, chunk))
-            bwd, cap = (bwd, cap) if impl == "sequential" else ("-", 0)
+            bwd, cap, pf = (bwd, cap, pf) if impl == "sequential" else ("-", 0, 0)
             rows.append(dict(B=B, H=H, T=T, impl=impl, chunk=chunk, warps=warps, dot=dot, segment=seg_len,
-                             nseg=nseg, auto=not seg, bwd=bwd, maxnreg=cap, fwd_ms=fwd_ms, bwd_ms=bwd_ms, total_ms=fwd_ms + bwd_ms,
+                             nseg=nseg, auto=not seg, bwd=bwd, maxnreg=cap, prefetch=pf, fwd_ms=fwd_ms, bwd_ms=bwd_ms, total_ms=fwd_ms + bwd_ms,
                              rel_diff_vs_default=diff))
             print(f"{str((B, H, T)):15} {impl:10} chunk {chunk:3d} w{warps} {dot:11} seg {seg_len:5d}x{nseg:<4d} "
-                  f"bwd {bwd:5} maxnreg {cap:3d}: "
+                  f"bwd {bwd:5} maxnreg {cap:3d} prefetch {pf}: "
                   f"fwd {fwd_ms:.3f} bwd {bwd_ms:.3f} total {fwd_ms + bwd_ms:.3f} ms  diff {diff:.1e}", flush=True)
     # Best configuration overall: geometric mean over shapes of time / best time for that shape.
     best_per_shape = {}
@@ -107,20 +112,21 @@ def main(argv=None):
         key = (r["B"], r["H"], r["T"])
         best_per_shape[key] = min(best_per_shape.get(key, math.inf), r["total_ms"])
     scores = {}
-    key_of = lambda r: (r["impl"], r["chunk"], r["warps"], r["dot"], r["bwd"], r["maxnreg"])  # noqa: E731
-    for impl, chunk, warps, dot, seg, bwd, cap in configs:
-        bwd, cap = (bwd, cap) if impl == "sequential" else ("-", 0)
-        sel = [r for r in rows if key_of(r) == (impl, chunk, warps, dot, bwd, cap)
+    key_of = lambda r: (r["impl"], r["chunk"], r["warps"], r["dot"], r["bwd"], r["maxnreg"], r["prefetch"])  # noqa: E731
+    for impl, chunk, warps, dot, seg, bwd, cap, pf in configs:
+        bwd, cap, pf = (bwd, cap, pf) if impl == "sequential" else ("-", 0, 0)
+        sel = [r for r in rows if key_of(r) == (impl, chunk, warps, dot, bwd, cap, pf)
                and r["auto"] == (not seg) and r["rel_diff_vs_default"] < 2e-2]
         if len(sel) == len(best_per_shape):
-            scores[(impl, chunk, warps, dot, seg, bwd, cap)] = math.exp(sum(math.log(r["total_ms"] / best_per_shape[(r["B"], r["H"], r["T"])])
+            scores[(impl, chunk, warps, dot, seg, bwd, cap, pf)] = math.exp(sum(math.log(r["total_ms"] / best_per_shape[(r["B"], r["H"], r["T"])])
                                                             for r in sel) / len(sel))
     print("\nper shape, best total (fwd+bwd) kernel time:")
     # Best per implementation, the sequential one per backward ("sequential/split").
     label = lambda r: r["impl"] if r["impl"] == "parallel" else f"sequential/{r['bwd']}"  # noqa: E731
     # (and per register cap where several were swept: "sequential/split/168")
-    if len(args.maxnregs) > 1:
-        label = lambda r: r["impl"] if r["impl"] == "parallel" else f"sequential/{r['bwd']}/{r['maxnreg']}"  # noqa: E731
+    if len(args.maxnregs) > 1 or len(args.prefetch) > 1:
+        label = lambda r: (r["impl"] if r["impl"] == "parallel"  # noqa: E731
+                           else f"sequential/{r['bwd']}/{r['maxnreg']}/w{r['warps']}/pf{r['prefetch']}")
     labels = list(dict.fromkeys(label(r) for r in rows))
     for key, ms in best_per_shape.items():
         per_impl = {name: min((r["total_ms"] for r in rows if (r["B"], r["H"], r["T"]) == key and label(r) == name),
@@ -128,13 +134,13 @@ def main(argv=None):
         print(f"  {key}: {ms:.3f} ms  (" + ", ".join(f"{i} {t:.3f}" for i, t in per_impl.items()) + ")")
     best = None
     if scores:
-        (impl, chunk, warps, dot, seg, bwd, cap), score = min(scores.items(), key=lambda x: x[1])
+        (impl, chunk, warps, dot, seg, bwd, cap, pf), score = min(scores.items(), key=lambda x: x[1])
         best = f"chunk={chunk},warps={warps},dot={dot},impl={impl}" + (
-            f",bwd={bwd},maxnreg={cap}" if impl == "sequential" else "")
+            f",bwd={bwd},maxnreg={cap},prefetch={pf}" if impl == "sequential" else "")
         print(f"best configuration (geometric mean {score:.3f} of per-shape best): GLADIFF_GLA_TRITON={best}")
         for key in best_per_shape:
             r = next(r for r in rows if (r["B"], r["H"], r["T"]) == key and
-                     key_of(r) == (impl, chunk, warps, dot, bwd, cap) and r["auto"])
+                     key_of(r) == (impl, chunk, warps, dot, bwd, cap, pf) and r["auto"])
             print(f"  {key}: fwd {r['fwd_ms']:.3f} bwd {r['bwd_ms']:.3f} total {r['total_ms']:.3f} ms")
         if args.best:
             Path(args.best).write_text(best + "\n")

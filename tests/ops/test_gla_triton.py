@@ -28,7 +28,7 @@ def bwd_kernel_passes(monkeypatch):
 
     def spy(kernel, *args, **kwargs):
         if kernel is K._bwd_kernel:
-            seen.append((kwargs.get("DQ_PASS", True), kwargs.get("DKV_PASS", True)))
+            seen.append((kwargs.get("DQ_PASS", True), kwargs.get("DKV_PASS", True), kwargs["PREFETCH"]))
         return launch(kernel, *args, **kwargs)
 
     monkeypatch.setattr(K, "_launch", spy)
@@ -38,32 +38,44 @@ def bwd_kernel_passes(monkeypatch):
 EXPECTED_PASSES = {"fused": [(True, True)], "split": [(True, False), (False, True)]}
 
 
+def _passes(seen, prefetch):
+    """``seen`` as recorded with the prefetch flag of each launch checked to be ``prefetch``."""
+    assert all(p == bool(prefetch) for *_, p in seen), seen
+    return [tuple(x[:2]) for x in seen]
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
 @pytest.mark.parametrize("bwd", BWDS)
 @pytest.mark.parametrize("scan,reverse", ORDERS)
-def test_public_op_matches_recurrent(scan, reverse, bwd, monkeypatch, bwd_kernel_passes):
+def test_public_op_matches_recurrent(scan, reverse, bwd, prefetch, monkeypatch, bwd_kernel_passes):
     """Through gla(backend="triton"): the custom op, its autograd, odd T and padded head sizes;
-    the backward chosen by ``CONFIG["bwd"]`` (GLADIFF_GLA_TRITON=bwd=...)."""
+    the backward chosen by ``CONFIG["bwd"]`` (GLADIFF_GLA_TRITON=bwd=...), with and without its
+    prefetch (odd T: the last chunk is partial, so the prefetch masks must hold)."""
     monkeypatch.setitem(K.CONFIG, "bwd", bwd)
+    monkeypatch.setitem(K.CONFIG, "prefetch", prefetch)
     grid = (5, 7)
     q, k, v, g, do = make_inputs(1, 35, 2, 8, 12)
     xs = [x.clone().requires_grad_(True) for x in (q, k, v, g)]
     o = gla(*xs, scan=scan, reverse=reverse, grid=grid, backend="triton")
     out = [o.detach()] + list(torch.autograd.grad(o, xs, do))
-    assert bwd_kernel_passes == EXPECTED_PASSES[bwd]
+    assert _passes(bwd_kernel_passes, prefetch) == EXPECTED_PASSES[bwd]
     assert_close_all(out, reference(q, k, v, g, do, 8 ** -0.5, scan, reverse, grid), 1e-5)
 
 
+@pytest.mark.parametrize("prefetch", [0, 1])
 @pytest.mark.parametrize("bwd", BWDS)
 @pytest.mark.parametrize("scan,reverse", [("row", True), ("col", False)])
-def test_segments_match_recurrent(scan, reverse, bwd, bwd_kernel_passes):
+def test_segments_match_recurrent(scan, reverse, bwd, prefetch, monkeypatch, bwd_kernel_passes):
     """Several segments (state handed across segment boundaries, last segment short), forced small.
-    The split dk/dv/dg pass takes each segment's end state from the next segment's saved start."""
+    The split dk/dv/dg pass takes each segment's end state from the next segment's saved start.
+    With prefetch, a segment's first and last chunks must not read across its boundary."""
+    monkeypatch.setitem(K.CONFIG, "prefetch", prefetch)
     grid = (10, 15)
     q, k, v, g, do = make_inputs(1, 150, 1, 16, 32)
     o, s0, gs = K.gla_fwd(q, k, v, g, 0.3, scan == "col", reverse, *grid, segment=64)
     assert s0.shape[1] == 3  # 150 tokens in segments of 64
     grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.3, scan == "col", reverse, *grid, segment=64, bwd=bwd)
-    assert bwd_kernel_passes == EXPECTED_PASSES[bwd]
+    assert _passes(bwd_kernel_passes, prefetch) == EXPECTED_PASSES[bwd]
     assert_close_all([o, *grads], reference(q, k, v, g, do, 0.3, scan, reverse, grid), 1e-5)
 
 
@@ -116,6 +128,23 @@ def test_bwd_and_register_cap_are_validated(monkeypatch):
     monkeypatch.setenv("GLADIFF_GLA_TRITON", "maxnreg=auto")
     K._config_from_env()
     assert K.CONFIG["maxnreg"] == "auto"
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "prefetch=1")
+    K._config_from_env()
+    assert K.CONFIG["prefetch"] == 1
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "prefetch=yes")
+    with pytest.raises(ValueError):
+        K._config_from_env()
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "prefetch=2")
+    with pytest.raises(ValueError, match="prefetch must be 'auto', 0 or 1"):
+        K._config_from_env()
+
+
+def test_backward_prefetches_only_without_register_cap():
+    """"auto": the backward's prefetched tiles spill under the cap (measured slower there, faster
+    without it at every shape); 0 / 1 force it either way."""
+    assert K.resolve_prefetch("auto", 0) is True
+    assert K.resolve_prefetch("auto", 168) is False
+    assert K.resolve_prefetch(1, 168) is True and K.resolve_prefetch(0, 0) is False
 
 
 def test_register_cap_auto_only_where_occupancy_is_needed(monkeypatch):

@@ -31,6 +31,11 @@ Design (why it looks the way it does):
   so each keeps fewer tiles live than the fused kernel, which is register-bound. The second launch
   reads the float32 ``q * dq`` the first wrote, and takes ``S_end`` from the next segment's saved
   start state instead of rebuilding it.
+* **Prefetch.** A program's chunk steps depend on each other only through the state, so each step
+  issues the loads of the next chunk's tiles (in their own dtype) before its own work and converts
+  them one step later: the load latency hides behind a step's arithmetic instead of stalling it
+  (Nsight Compute, forward at (32,18,256): 35% of stall samples were waits on those loads). The
+  forward always prefetches; the backward where it has registers to spare (``prefetch``, below).
 
 Forward launches 1 kernel (2 with segments), backward 1 (2 with segments; split: one more).
 """
@@ -65,7 +70,14 @@ from .._triton import fix_interpreter_index
 # gla_triton_tune_H200_split.json) but (32,6,256) 0.234 -> 0.263 (192 programs on 132 SMs, H100,
 # gla_triton_tune_H100_cap_t256.json): with room for every program the cap only adds spills.
 # "split" is 1-2% faster than "fused" at 16k tokens and 3-6% slower at 256, so "fused" stays.
-CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential", bwd="fused", maxnreg="auto")
+# prefetch: whether the sequential backward loads the next chunk's tiles before the current chunk's
+# work (the forward always does): "auto" only in launches without a register cap, where it was faster at
+# every measured shape (H200, uncapped fused backward: (32,6,256) 0.177 -> 0.171 ms, (32,18,256) 0.512 ->
+# 0.492, (1,6,16384) 0.429 -> 0.405, (4,6,16384) 1.232 -> 1.122); under the cap of 168 the prefetched
+# tiles spill and it was slower at every shape (0.461 -> 0.516 at (32,18,256);
+# gla_triton_tune_H200_prefetch.json).
+CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential", bwd="fused", maxnreg="auto",
+              prefetch="auto")
 AUTO_MAXNREG = 168
 IMPLS = ("sequential", "parallel")
 BWDS = ("fused", "split")
@@ -76,12 +88,26 @@ def _config_from_env():
         key, _, value = item.partition("=")
         if key not in CONFIG:
             raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
-        CONFIG[key] = value if key in ("dot", "impl", "bwd") or (key, value) == ("maxnreg", "auto") else int(value)
+        CONFIG[key] = (value if key in ("dot", "impl", "bwd") or (key, value) in (("maxnreg", "auto"), ("prefetch", "auto"))
+                       else int(value))
     _check_config(CONFIG["chunk"], CONFIG["dot"])
     if CONFIG["impl"] not in IMPLS:
         raise ValueError(f"GLADIFF_GLA_TRITON: impl must be one of {IMPLS}, got {CONFIG['impl']!r}")
     _check_bwd(CONFIG["bwd"])
     _check_maxnreg(CONFIG["maxnreg"])
+    _check_prefetch(CONFIG["prefetch"])
+
+
+def _check_prefetch(prefetch):
+    if prefetch not in ("auto", 0, 1):
+        raise ValueError(f"GLA Triton configuration: prefetch must be 'auto', 0 or 1, got {prefetch!r}")
+
+
+def resolve_prefetch(prefetch, maxnreg: int) -> bool:
+    """Whether a backward launch with register cap ``maxnreg`` (0: none) prefetches: ``prefetch`` itself,
+    or for ``"auto"`` only without a cap."""
+    _check_prefetch(prefetch)
+    return bool(prefetch) if prefetch != "auto" else maxnreg == 0
 
 
 def _check_maxnreg(maxnreg):
@@ -211,10 +237,16 @@ def _n_chunks(T, t0, SEG, BT: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(base, rows, stride_t, offs, mask_t, mask_d):
-    """``[BT, BD]`` tile of rows ``rows`` (int64) of a ``[T, d]`` view, zero outside, as float32."""
+def _load_raw(base, rows, stride_t, offs, mask_t, mask_d):
+    """``[BT, BD]`` tile of rows ``rows`` (int64) of a ``[T, d]`` view, zero outside, in its own dtype."""
     ptr = base + rows[:, None] * stride_t + offs[None, :]
-    return tl.load(ptr, mask=mask_t[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    return tl.load(ptr, mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+
+
+@triton.jit
+def _load_rows(base, rows, stride_t, offs, mask_t, mask_d):
+    """``_load_raw`` as float32."""
+    return _load_raw(base, rows, stride_t, offs, mask_t, mask_d).to(tl.float32)
 
 
 # Log-gates below this decay by exactly 0 in float32 (exp(-1e4) underflows), so -inf (a legitimate
@@ -224,9 +256,15 @@ GATE_FLOOR = tl.constexpr(-1e4)
 
 
 @triton.jit
+def _gates(raw):
+    """Log-gates as loaded -> float32, floored at ``GATE_FLOOR`` (``-inf`` forgets everything either way)."""
+    return tl.maximum(raw.to(tl.float32), GATE_FLOOR)
+
+
+@triton.jit
 def _load_gates(base, rows, stride_t, offs, mask_t, mask_d):
-    """``_load_rows`` of log-gates, floored at ``GATE_FLOOR`` (``-inf`` forgets everything either way)."""
-    return tl.maximum(_load_rows(base, rows, stride_t, offs, mask_t, mask_d), GATE_FLOOR)
+    """``_load_rows`` of log-gates, floored at ``GATE_FLOOR``."""
+    return _gates(_load_raw(base, rows, stride_t, offs, mask_t, mask_d))
 
 
 @triton.jit
@@ -358,18 +396,31 @@ def _fwd_kernel(
         tl.store(S0 + (bh * NSEG + j).to(tl.int64) * BK * BV + state_offs, S)
 
     t0 = j * SEG
+    # Each step loads the next chunk's tiles before its own work, so their latency hides behind it
+    # (H200: -3 to -13% forward time, benchmarks/results/gla_triton_tune_H200_prefetch.json).
+    rows, mt = _chunk_rows(t0 + offs_t, T, grid_h, grid_w, COL, REVERSE)
+    q_raw = _load_raw(q_base, rows, sqt, offs_k, mt, mk)
+    k_raw = _load_raw(k_base, rows, skt, offs_k, mt, mk)
+    v_raw = _load_raw(v_base, rows, svt, offs_v, mt, mv)
+    g_raw = _load_raw(g_base, rows, sgt, offs_k, mt, mk)
     for c in range(0, n_chunks):
-        rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
-        q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
-        k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
-        v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
-        g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
+        rows_n, mt_n = _chunk_rows(t0 + (c + 1) * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
+        mt_n = mt_n & (c + 1 < n_chunks)
+        q_next = _load_raw(q_base, rows_n, sqt, offs_k, mt_n, mk)
+        k_next = _load_raw(k_base, rows_n, skt, offs_k, mt_n, mk)
+        v_next = _load_raw(v_base, rows_n, svt, offs_v, mt_n, mv)
+        g_next = _load_raw(g_base, rows_n, sgt, offs_k, mt_n, mk)
+        q = q_raw.to(tl.float32) * scale
+        k = k_raw.to(tl.float32)
+        v = v_raw.to(tl.float32)
+        g = _gates(g_raw)
         b = tl.cumsum(g, axis=0)
         b_last = tl.sum(g, axis=0)
         A = _intra_scores(q, k, b, offs_t, BT, BK, LOG2_BT, APREC)  # [t, s]
         o = _mm(A, v, APREC) + _mm(q * tl.exp(b), S, SPREC)
         _store_rows(o_base, rows, sot, offs_v, mt, mv, o)
         S = _advance_state(S, k, v, b, b_last, PREC)
+        q_raw, k_raw, v_raw, g_raw, rows, mt = q_next, k_next, v_next, g_next, rows_n, mt_n
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -412,7 +463,7 @@ def _bwd_kernel(
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
     LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr,
-    DQ_PASS: tl.constexpr = True, DKV_PASS: tl.constexpr = True,
+    DQ_PASS: tl.constexpr = True, DKV_PASS: tl.constexpr = True, PREFETCH: tl.constexpr = False,
 ):
     """Gradients of segment j for one (batch, head). ``DQ, DK_, DV_, DG`` are contiguous like
     their inputs' shapes, so they share the strides of ``Q``/``V`` rebuilt as contiguous:
@@ -422,7 +473,8 @@ def _bwd_kernel(
     dv, dg, reading that ``q * dq``) select the phases; both: the fused backward, one launch. The
     split backward launches the kernel twice, ``(True, False)`` then ``(False, True)``: each compiled
     variant keeps only its phase's tiles live (the state ``S`` or its gradient ``dS``, not both), so
-    it needs fewer registers, at the cost of a second pass over the inputs."""
+    it needs fewer registers, at the cost of a second pass over the inputs. ``PREFETCH``: each step
+    loads the next chunk's tiles before its own work (see the module's notes)."""
     j = tl.program_id(0)
     bh = tl.program_id(1)
     n_chunks = _n_chunks(T, j * SEG, SEG, BT)
@@ -451,12 +503,32 @@ def _bwd_kernel(
             S = tl.load(S0 + (bh * NSEG + j).to(tl.int64) * BK * BV + state_offs)
         else:
             S = tl.zeros([BK, BV], dtype=tl.float32)
+        if PREFETCH:  # the first chunk's tiles; each step loads the next chunk's before its own work
+            rows, mt = _chunk_rows(t0 + offs_t, T, grid_h, grid_w, COL, REVERSE)
+            k_raw = _load_raw(k_base, rows, skt, offs_k, mt, mk)
+            v_raw = _load_raw(v_base, rows, svt, offs_v, mt, mv)
+            g_raw = _load_raw(g_base, rows, sgt, offs_k, mt, mk)
+            do_raw = _load_raw(do_base, rows, sdt, offs_v, mt, mv)
+            q_raw = _load_raw(q_base, rows, sqt, offs_k, mt, mk)
         for c in range(0, n_chunks):
-            rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
-            k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
-            v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
-            g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
-            do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
+            if PREFETCH:
+                rows_n, mt_n = _chunk_rows(t0 + (c + 1) * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
+                mt_n = mt_n & (c + 1 < n_chunks)
+                k_next = _load_raw(k_base, rows_n, skt, offs_k, mt_n, mk)
+                v_next = _load_raw(v_base, rows_n, svt, offs_v, mt_n, mv)
+                g_next = _load_raw(g_base, rows_n, sgt, offs_k, mt_n, mk)
+                do_next = _load_raw(do_base, rows_n, sdt, offs_v, mt_n, mv)
+                q_next = _load_raw(q_base, rows_n, sqt, offs_k, mt_n, mk)
+                k = k_raw.to(tl.float32)
+                v = v_raw.to(tl.float32)
+                g = _gates(g_raw)
+                do = do_raw.to(tl.float32)
+            else:
+                rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
+                k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
+                v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
+                g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
+                do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
             b = tl.cumsum(g, axis=0)
             b_last = tl.sum(g, axis=0)
             P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)  # do_t . v_s
@@ -466,9 +538,14 @@ def _bwd_kernel(
             _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq)
             # q * dq, the query half of dg's summand, kept in float32 (in dg's buffer) for phase B:
             # re-reading a 16-bit dq there would cost dg its precision (q dq - k dk cancels).
-            q_raw = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
-            _store_rows(dg_base, rows, sdk, offs_k, mt, mk, q_raw * dq)
+            if PREFETCH:
+                q_in = q_raw.to(tl.float32)
+            else:
+                q_in = _load_rows(q_base, rows, sqt, offs_k, mt, mk)
+            _store_rows(dg_base, rows, sdk, offs_k, mt, mk, q_in * dq)
             S = _advance_state(S, k, v, b, b_last, PREC)
+            if PREFETCH:
+                k_raw, v_raw, g_raw, do_raw, q_raw, rows, mt = k_next, v_next, g_next, do_next, q_next, rows_n, mt_n
     elif MULTI_SEG:
         # Without phase A the state at the segment end is the saved start state of the next
         # segment (the last segment has none; its end-state gradient is zero, so r is too).
@@ -491,16 +568,42 @@ def _bwd_kernel(
             tl.debug_barrier()
 
         # Phase B: backwards through the segment, carrying dS.
+        if PREFETCH:  # the last chunk's tiles; each step loads the previous chunk's before its own work
+            rows, mt = _chunk_rows(t0 + (n_chunks - 1) * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
+            q_raw = _load_raw(q_base, rows, sqt, offs_k, mt, mk)
+            k_raw = _load_raw(k_base, rows, skt, offs_k, mt, mk)
+            v_raw = _load_raw(v_base, rows, svt, offs_v, mt, mv)
+            g_raw = _load_raw(g_base, rows, sgt, offs_k, mt, mk)
+            do_raw = _load_raw(do_base, rows, sdt, offs_v, mt, mv)
+            if DQ_PASS:
+                x_raw = _load_raw(dg_base, rows, sdk, offs_k, mt, mk)
         for it in range(0, n_chunks):
             c = n_chunks - 1 - it
-            rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
-            q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
-            k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
-            v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
-            g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
-            do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
-            if DQ_PASS:  # the fused kernel as timed on the H200: q * dq loaded with the inputs
-                x = _load_rows(dg_base, rows, sdk, offs_k, mt, mk)
+            if PREFETCH:
+                rows_n, mt_n = _chunk_rows(t0 + (c - 1) * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
+                mt_n = mt_n & (c >= 1)
+                q_next = _load_raw(q_base, rows_n, sqt, offs_k, mt_n, mk)
+                k_next = _load_raw(k_base, rows_n, skt, offs_k, mt_n, mk)
+                v_next = _load_raw(v_base, rows_n, svt, offs_v, mt_n, mv)
+                g_next = _load_raw(g_base, rows_n, sgt, offs_k, mt_n, mk)
+                do_next = _load_raw(do_base, rows_n, sdt, offs_v, mt_n, mv)
+                q = q_raw.to(tl.float32) * scale
+                k = k_raw.to(tl.float32)
+                v = v_raw.to(tl.float32)
+                g = _gates(g_raw)
+                do = do_raw.to(tl.float32)
+                if DQ_PASS:
+                    x_next = _load_raw(dg_base, rows_n, sdk, offs_k, mt_n, mk)
+                    x = x_raw
+            else:
+                rows, mt = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
+                q = _load_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
+                k = _load_rows(k_base, rows, skt, offs_k, mt, mk)
+                v = _load_rows(v_base, rows, svt, offs_v, mt, mv)
+                g = _load_gates(g_base, rows, sgt, offs_k, mt, mk)
+                do = _load_rows(do_base, rows, sdt, offs_v, mt, mv)
+                if DQ_PASS:  # the fused kernel as timed on the H200: q * dq loaded with the inputs
+                    x = _load_rows(dg_base, rows, sdk, offs_k, mt, mk)
             b = tl.cumsum(g, axis=0)
             b_last = tl.sum(g, axis=0)
             P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)
@@ -522,6 +625,10 @@ def _bwd_kernel(
             _store_rows(dk_base, rows, sdk, offs_k, mt, mk, dk)
             _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)
             _store_rows(dg_base, rows, sdk, offs_k, mt, mk, dg)
+            if PREFETCH:
+                q_raw, k_raw, v_raw, g_raw, do_raw, rows, mt = q_next, k_next, v_next, g_next, do_next, rows_n, mt_n
+                if DQ_PASS:
+                    x_raw = x_next
 
 
 def _launch(kernel, nseg: int, bh: int, *args, **kwargs):
@@ -621,6 +728,7 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
     chunk, meta, launch, main = _settings(q, v, chunk, num_warps, num_stages, dot, maxnreg, nseg * B * H)
     bwd = bwd or CONFIG["bwd"]
     _check_bwd(bwd)
+    prefetch = resolve_prefetch(CONFIG["prefetch"], launch.get("maxnreg", 0))
     if do.stride(-1) != 1:
         do = do.contiguous()
     dq = torch.empty(B, T, H, dk, dtype=q.dtype, device=q.device)
@@ -645,6 +753,6 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
         _launch(_bwd_kernel, nseg, B * H,
                 q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs,
                 *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do),
-                T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **phase, **main, **meta,
-                **launch)
+                T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **phase,
+                PREFETCH=prefetch, **main, **meta, **launch)
     return dq, dk_, dv_, dg.to(g.dtype)

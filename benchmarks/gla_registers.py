@@ -1,0 +1,82 @@
+"""Registers and spills of the sequential GLA kernels (``triton_chunk``) for sm_90a, without a GPU:
+compiles each variant with Triton's ahead-of-time API and reads the report of the ``ptxas`` shipped
+in the Triton wheel (as ``dwconv_registers.py`` does for the conv). DiG's head sizes (dk 32, dv 64),
+bf16 inputs, float32 gates, the default chunk and operand precision.
+
+    python benchmarks/gla_registers.py [--warps 4] [--maxnregs 0 168] [--prefetch 0 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--warps", nargs="+", type=int, default=[4])
+    parser.add_argument("--maxnregs", nargs="+", type=int, default=[0, 168])
+    parser.add_argument("--prefetch", nargs="+", type=int, default=[0, 1], help="the backward's PREFETCH")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter does not compile")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from gladiff.ops.gla import triton_chunk as K
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    dtypes = dict(Q="*bf16", K="*bf16", V="*bf16", G="*fp32", O="*bf16", DO="*bf16", DQ="*bf16", DK_="*bf16",
+                  DV_="*bf16", DG="*fp32", U="*fp32", GS="*fp32", S0="*fp32", DU="*fp32", scale="fp32")
+    chunk, dot = K.CONFIG["chunk"], K.CONFIG["dot"]
+    prec = "tf32" if dot in ("tf32", "bf16-scores") else "bf16"
+    aprec = "tf32" if dot == "tf32" else "bf16"
+    consts = dict(DK=32, DV=64, BK=32, BV=64, BT=chunk, PREC=prec, MULTI_SEG=False, LOG2_BT=chunk.bit_length() - 1,
+                  SPREC="tf32", APREC=aprec)
+
+    def report(fn, extra, warps, maxnreg):
+        sig = {}
+        for name in fn.arg_names:
+            sig[name] = "constexpr" if name in consts or name in extra else dtypes.get(name, "i32")
+        # pointers and strides divisible by 16, as the launches see them (T, flags: not specialised)
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+                 if sig[name].startswith("*") or (name.startswith("s") and name != "scale")}
+        options = dict(num_warps=warps, num_stages=K.CONFIG["stages"])
+        if maxnreg:
+            options["maxnreg"] = maxnreg
+        kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={**consts, **extra}, attrs=attrs),
+                                target=GPUTarget("cuda", args.arch, 32), options=options)
+        with tempfile.TemporaryDirectory() as tmp:
+            ptx = Path(tmp) / "k.ptx"
+            ptx.write_text(kernel.asm["ptx"])
+            cmd = [str(ptxas), f"-arch=sm_{args.arch}a", "-v", str(ptx), "-o", str(Path(tmp) / "k.o")]
+            if maxnreg:
+                cmd.insert(1, f"-maxrregcount={maxnreg}")
+            out = subprocess.run(cmd, capture_output=True, text=True).stderr
+        regs = re.search(r"Used (\d+) registers", out)
+        spill = re.search(r"(\d+) bytes spill stores", out)
+        return f"{regs.group(1) if regs else '?':>4} registers, {spill.group(1) if spill else '?':>4} bytes spilled"
+
+    print(f"sm_{args.arch}a, chunk {chunk}, dot {dot}")
+    for warps in args.warps:
+        for cap in args.maxnregs:
+            for pf in args.prefetch:
+                kernels = [("backward fused", K._bwd_kernel, dict(PREFETCH=bool(pf), DQ_PASS=True, DKV_PASS=True))]
+                if pf == args.prefetch[0]:  # the forward always prefetches
+                    kernels.insert(0, ("forward", K._fwd_kernel, {}))
+                for name, fn, extra in kernels:
+                    print(f"  {name:15} {warps} warps, maxnreg {cap:3d}, prefetch {pf}: "
+                          f"{report(fn, extra, warps, cap)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
