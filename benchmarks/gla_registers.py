@@ -3,7 +3,10 @@ compiles each variant with Triton's ahead-of-time API and reads the report of th
 in the Triton wheel (as ``dwconv_registers.py`` does for the conv). DiG's head sizes (dk 32, dv 64),
 bf16 inputs, float32 gates, the default chunk and operand precision.
 
-    python benchmarks/gla_registers.py [--warps 4] [--maxnregs 0 168] [--prefetch 0 1]
+    python benchmarks/gla_registers.py [--warps 4 8] [--maxnregs 0 168] [--prefetch 0 1] [--bwds fused onepass]
+
+Each backward as ``gla_bwd`` launches it: "fused" one kernel, "split" its two passes, "onepass" the
+chunk-state kernel (no prefetch option: listed once per cap) and the one-pass kernel.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ def main(argv=None):
     parser.add_argument("--warps", nargs="+", type=int, default=[4])
     parser.add_argument("--maxnregs", nargs="+", type=int, default=[0, 168])
     parser.add_argument("--prefetch", nargs="+", type=int, default=[0, 1], help="the backward's PREFETCH")
+    parser.add_argument("--bwds", nargs="+", default=["fused", "onepass"], help="backwards (triton_chunk.BWDS)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter does not compile")
@@ -33,9 +37,20 @@ def main(argv=None):
 
     from gladiff.ops.gla import triton_chunk as K
 
+    if unknown := set(args.bwds) - set(K.BWDS):
+        parser.error(f"--bwds: unknown {sorted(unknown)}; choices {K.BWDS}")
+    # (name, kernel, its flags) of each backward's launches; the state kernel does not take PREFETCH. Flags
+    # with defaults must all be named: one left out would be compiled as a run-time integer.
+    backwards = dict(
+        fused=[("backward fused", K._bwd_kernel, dict(DQ_PASS=True, DKV_PASS=True, ONEPASS=False))],
+        split=[("split dq", K._bwd_kernel, dict(DQ_PASS=True, DKV_PASS=False, ONEPASS=False)),
+               ("split dk/dv/dg", K._bwd_kernel, dict(DQ_PASS=False, DKV_PASS=True, ONEPASS=False))],
+        onepass=[("chunk states", K._chunk_states_kernel, None),
+                 ("backward onepass", K._bwd_kernel, dict(DQ_PASS=False, DKV_PASS=True, ONEPASS=True))])
+
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     dtypes = dict(Q="*bf16", K="*bf16", V="*bf16", G="*fp32", O="*bf16", DO="*bf16", DQ="*bf16", DK_="*bf16",
-                  DV_="*bf16", DG="*fp32", U="*fp32", GS="*fp32", S0="*fp32", DU="*fp32", scale="fp32")
+                  DV_="*bf16", DG="*fp32", U="*fp32", GS="*fp32", S0="*fp32", DU="*fp32", ST="*fp32", scale="fp32")
     chunk, dot = K.CONFIG["chunk"], K.CONFIG["dot"]
     prec = "tf32" if dot in ("tf32", "bf16-scores") else "bf16"
     aprec = "tf32" if dot == "tf32" else "bf16"
@@ -44,15 +59,16 @@ def main(argv=None):
 
     def report(fn, extra, warps, maxnreg):
         sig = {}
+        consts_ = {name: value for name, value in consts.items() if name in fn.arg_names}
         for name in fn.arg_names:
-            sig[name] = "constexpr" if name in consts or name in extra else dtypes.get(name, "i32")
+            sig[name] = "constexpr" if name in consts_ or name in extra else dtypes.get(name, "i32")
         # pointers and strides divisible by 16, as the launches see them (T, flags: not specialised)
         attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                  if sig[name].startswith("*") or (name.startswith("s") and name != "scale")}
         options = dict(num_warps=warps, num_stages=K.CONFIG["stages"])
         if maxnreg:
             options["maxnreg"] = maxnreg
-        kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={**consts, **extra}, attrs=attrs),
+        kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={**consts_, **extra}, attrs=attrs),
                                 target=GPUTarget("cuda", args.arch, 32), options=options)
         with tempfile.TemporaryDirectory() as tmp:
             ptx = Path(tmp) / "k.ptx"
@@ -69,12 +85,13 @@ def main(argv=None):
     for warps in args.warps:
         for cap in args.maxnregs:
             for pf in args.prefetch:
-                kernels = [("backward fused", K._bwd_kernel, dict(PREFETCH=bool(pf), DQ_PASS=True, DKV_PASS=True))]
-                if pf == args.prefetch[0]:  # the forward always prefetches
-                    kernels.insert(0, ("forward", K._fwd_kernel, {}))
+                first = pf == args.prefetch[0]
+                kernels = [("forward", K._fwd_kernel, {})] if first else []  # the forward always prefetches
+                kernels += [(name, fn, flags if flags is None else dict(flags, PREFETCH=bool(pf)))
+                            for bwd in args.bwds for name, fn, flags in backwards[bwd] if first or flags is not None]
                 for name, fn, extra in kernels:
-                    print(f"  {name:15} {warps} warps, maxnreg {cap:3d}, prefetch {pf}: "
-                          f"{report(fn, extra, warps, cap)}", flush=True)
+                    print(f"  {name:16} {warps} warps, maxnreg {cap:3d}, prefetch {pf if extra is not None else '-'}: "
+                          f"{report(fn, extra or {}, warps, cap)}", flush=True)
     return 0
 
 
