@@ -2,8 +2,8 @@
 recurrence in float64: output and every gradient, all four scan orders, odd T, several segments,
 head sizes that are not powers of two, very negative gates; plus the custom op under torch.compile.
 The gradient tests run every backward, ``bwd="fused"`` (one kernel), ``bwd="split"`` (a dq launch,
-then a dk/dv/dg launch) and ``bwd="onepass"`` (a chunk-state launch, then one backwards walk). Without Triton the module fails to collect (GLADIFF_TEST_WITHOUT_TRITON=1:
-skipped; triton_check.py)."""
+then a dk/dv/dg launch) and ``bwd="onepass"`` (a chunk-state launch, then one backwards walk).
+Without Triton the module fails to collect (GLADIFF_TEST_WITHOUT_TRITON=1: skipped; triton_check.py)."""
 import pytest
 import torch
 from triton_check import import_kernels, unavailable

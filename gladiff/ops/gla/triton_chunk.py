@@ -36,8 +36,11 @@ Design (why it looks the way it does):
   chunk, transient); then a single backwards walk per segment computes dq, dk, dv and dg together.
   Phase A's recomputation (``P = do v^T``, the cumulative gates, every tree level's decay factors) is
   gone, each level's factors serve the scores, dk and dq at once (``_intra_grads``), and ``q * dq``
-  stays in registers (no float32 round trip, no barrier). The cost: the states' write and read, and
-  dq's accumulator (and the state tile, loaded late) in the walk's registers.
+  stays in registers (no float32 round trip, no barrier). The cost: the states' write and read
+  (256 B per token and head each way at dk 32 / dv 64: with the state kernel's k, v, g reads about
+  the traffic of phase A's inputs and q * dq's round trip, which go), dq's accumulator through the
+  tree, and q, k, v, do read twice per step (before and after the tree, so that no copy of them is
+  held through it; the second read likely from L1).
 * **Prefetch.** A program's chunk steps depend on each other only through the state, so each step
   issues the loads of the next chunk's tiles (in their own dtype) before its own work and converts
   them one step later: the load latency hides behind a step's arithmetic instead of stalling it
@@ -257,6 +260,16 @@ def _load_raw(base, rows, stride_t, offs, mask_t, mask_d):
 def _load_rows(base, rows, stride_t, offs, mask_t, mask_d):
     """``_load_raw`` as float32."""
     return _load_raw(base, rows, stride_t, offs, mask_t, mask_d).to(tl.float32)
+
+
+@triton.jit
+def _reload_rows(base, rows, stride_t, offs, mask_t, mask_d):
+    """``_load_rows`` of a tile already loaded in this chunk step, as its last read (``evict_first``).
+    Being a different op, common-subexpression elimination does not merge it into the first load, so
+    the tile (in each layout its uses need) is not held in registers in between."""
+    ptr = base + rows[:, None] * stride_t + offs[None, :]
+    x = tl.load(ptr, mask=mask_t[:, None] & mask_d[None, :], other=0.0, eviction_policy="evict_first")
+    return x.to(tl.float32)
 
 
 # Log-gates below this decay by exactly 0 in float32 (exp(-1e4) underflows), so -inf (a legitimate
@@ -695,15 +708,25 @@ def _bwd_kernel(
             P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)
             if ONEPASS:
                 A, dk, dq = _intra_grads(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
+                # The tiles used after the tree are read again (from L1, most likely), each just before
+                # its uses: Triton converts a tile to each layout its uses need where it is loaded, so
+                # every copy would stay live through the tree (ptxas sm_90a, spills at 4 warps 408 ->
+                # 44 B, capped at 168: 784 -> 452 B; at 8 warps 264 -> 0 B).
+                v = _reload_rows(v_base, rows, svt, offs_v, mt, mv)
             else:
                 A, dk = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
             decay_k = tl.exp(b_last[None, :] - b)
             dk += decay_k * _mm(v, tl.trans(dS), SPREC)
+            if ONEPASS:
+                q = _reload_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
+                k = _reload_rows(k_base, rows, skt, offs_k, mt, mk)
+                do = _reload_rows(do_base, rows, sdt, offs_v, mt, mv)
             dv = _mm(tl.trans(A), do, APREC)
             dv += _mm(k * decay_k, dS, SPREC)
             if ONEPASS:
-                # dq's inter-chunk term, after the tree and dv (A and v dead) so that the start state
-                # is not live through them. q is scaled and dq not yet: q * dq = q_raw * (scale dq).
+                _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)  # before the state tile is loaded
+                # dq's inter-chunk term last, so that the chunk's start state is live only here. q is
+                # scaled and dq not yet: q * dq = q_raw * (scale dq).
                 dq += tl.exp(b) * _mm(do, tl.trans(tl.load(st_base + c * BK * BV)), SPREC)
                 x = q * dq - k * dk
                 _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq * scale)
@@ -718,7 +741,8 @@ def _bwd_kernel(
             r += tl.sum(x, axis=0)
             dS = dS * tl.exp(b_last)[:, None] + _mm(tl.trans(q * tl.exp(b)), do, PREC)
             _store_rows(dk_base, rows, sdk, offs_k, mt, mk, dk)
-            _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)
+            if not ONEPASS:
+                _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)
             _store_rows(dg_base, rows, sdk, offs_k, mt, mk, dg)
             if PREFETCH:
                 q_raw, k_raw, v_raw, g_raw, do_raw, rows, mt = q_next, k_next, v_next, g_next, do_next, rows_n, mt_n
