@@ -7,6 +7,11 @@ bf16 inputs, float32 gates, the default chunk and operand precision.
 
 Each backward as ``gla_bwd`` launches it: "fused" one kernel, "split" its two passes, "onepass" the
 chunk-state kernel (no prefetch option: listed once per cap) and the one-pass kernel.
+
+``--sass`` adds a static estimate of the instructions each warp issues per chunk (the backward is
+bound by issued instructions, Nsight Compute): ``nvdisasm``'s SASS, every outermost loop's body
+(a chunk loop) plus ``LOG2_BT - 1`` more times each loop inside it (the tree levels). Branches inside
+a body count as taken, so it is a proxy for comparing variants, not a measurement.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ def main(argv=None):
     parser.add_argument("--maxnregs", nargs="+", type=int, default=[0, 168])
     parser.add_argument("--prefetch", nargs="+", type=int, default=[0, 1], help="the backward's PREFETCH")
     parser.add_argument("--bwds", nargs="+", default=["fused", "onepass"], help="backwards (triton_chunk.BWDS)")
+    parser.add_argument("--sass", action="store_true", help="also estimate the instructions per chunk and warp")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter does not compile")
@@ -77,9 +83,12 @@ def main(argv=None):
             if maxnreg:
                 cmd.insert(1, f"-maxrregcount={maxnreg}")
             out = subprocess.run(cmd, capture_output=True, text=True).stderr
+            sass = (subprocess.run([str(ptxas.parent / "nvdisasm"), "-c", str(Path(tmp) / "k.o")], capture_output=True,
+                                   text=True, check=True).stdout if args.sass else None)
         regs = re.search(r"Used (\d+) registers", out)
         spill = re.search(r"(\d+) bytes spill stores", out)
-        return f"{regs.group(1) if regs else '?':>4} registers, {spill.group(1) if spill else '?':>4} bytes spilled"
+        line = f"{regs.group(1) if regs else '?':>4} registers, {spill.group(1) if spill else '?':>4} bytes spilled"
+        return line + (f", ~{per_chunk(sass, consts['LOG2_BT']):5d} instructions per chunk and warp" if sass else "")
 
     print(f"sm_{args.arch}a, chunk {chunk}, dot {dot}")
     for warps in args.warps:
@@ -93,6 +102,24 @@ def main(argv=None):
                     print(f"  {name:16} {warps} warps, maxnreg {cap:3d}, prefetch {pf if extra is not None else '-'}: "
                           f"{report(fn, extra or {}, warps, cap)}", flush=True)
     return 0
+
+
+def per_chunk(sass: str, levels: int) -> int:
+    """Static estimate of the instructions one warp issues per chunk (see the module's notes): loops
+    are the spans from a label to a branch back to it."""
+    ins, labels, loops = [], {}, []
+    for text in sass.splitlines():
+        if label := re.match(r"\s*(\.L_x_\d+):", text):
+            labels[label.group(1)] = len(ins)
+        elif op := re.search(r"/\*[0-9a-f]{4,}\*/\s+(.*?);", text):
+            ins.append(op.group(1).strip())
+            target = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", ins[-1])
+            if target and labels.get(target.group(1), len(ins)) < len(ins) - 1:  # a branch back: a loop
+                loops.append((labels[target.group(1)], len(ins) - 1))
+    count = lambda a, b: sum(not t.startswith("NOP") for t in ins[a:b + 1])  # noqa: E731
+    outer = [(a, b) for a, b in loops if not any(c <= a and b <= d and (c, d) != (a, b) for c, d in loops)]
+    return sum(count(a, b) + (levels - 1) * sum(count(c, d) for c, d in loops if a < c and d < b)
+               for a, b in outer)
 
 
 if __name__ == "__main__":
