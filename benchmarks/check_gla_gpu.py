@@ -11,10 +11,10 @@ poisoned memory), so an unwritten element shows as NaN and fails.
     python benchmarks/check_gla_gpu.py --backends triton --impls sequential parallel
 
 ``--impls`` checks each named implementation of the Triton kernels (``triton_chunk.CONFIG["impl"]``)
-in the same process; its rows are labelled ``triton-<impl>``. ``--bwds fused split`` checks each
-backward of the sequential implementation (``CONFIG["bwd"]``), rows ``triton-sequential-<bwd>``:
+in the same process; its rows are labelled ``triton-<impl>``. ``--bwds fused split onepass`` checks
+each backward of the sequential implementation (``CONFIG["bwd"]``), rows ``triton-sequential-<bwd>``:
 
-    python benchmarks/check_gla_gpu.py --backends triton --impls sequential --bwds fused split
+    python benchmarks/check_gla_gpu.py --backends triton --impls sequential --bwds fused split onepass
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def poison(n_bytes: int = 512 * 2**20):
 
 @contextlib.contextmanager
 def triton_bwd(name):
-    """Inside the block the sequential Triton kernels use backward ``name`` ("fused", "split"; None:
-    as configured)."""
+    """Inside the block the sequential Triton kernels use backward ``name`` (one of
+    ``triton_chunk.BWDS``; None: as configured)."""
     if name is None:
         yield
         return
@@ -99,6 +99,10 @@ def rel(a, b):
 
 
 def main(argv=None):
+    try:
+        from gladiff.ops.gla.triton_chunk import BWDS
+    except ImportError:  # no Triton: no backward to choose
+        BWDS = ()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=None, help="default: every GPU backend available")
     parser.add_argument("--out", default="benchmarks/results/gla_gpu_check.json")
@@ -108,7 +112,7 @@ def main(argv=None):
     parser.add_argument("--impls", nargs="+", default=None, choices=["sequential", "parallel"],
                         help="check the triton backend with each of these kernel implementations "
                              "(default: the configured one, GLADIFF_GLA_TRITON impl=...)")
-    parser.add_argument("--bwds", nargs="+", default=None, choices=["fused", "split"],
+    parser.add_argument("--bwds", nargs="+", default=None, choices=list(BWDS),
                         help="check the sequential kernels with each of these backwards (default: the "
                              "configured one, GLADIFF_GLA_TRITON bwd=...); rows triton-sequential-<bwd>")
     args = parser.parse_args(argv)

@@ -26,13 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 POINTERS_16 = ["Q", "K", "V", "DO", "O", "DQ", "DK_", "DV_"]  # in the inputs' dtype
 POINTERS_32 = ["G", "ST", "GL", "DG", "U", "GS", "S0", "DU"]  # float32 gates, states, dg
 # Constants with defaults must be named here: one left out would be compiled as a run-time integer.
-FUSED = dict(DQ_PASS=True, DKV_PASS=True)  # gla_bwd(bwd="fused")
-SPLIT_DQ = dict(DQ_PASS=True, DKV_PASS=False)  # the two launches of gla_bwd(bwd="split")
-SPLIT_DKV = dict(DQ_PASS=False, DKV_PASS=True)
+FUSED = dict(DQ_PASS=True, DKV_PASS=True, ONEPASS=False)  # gla_bwd(bwd="fused")
+SPLIT_DQ = dict(DQ_PASS=True, DKV_PASS=False, ONEPASS=False)  # the two launches of gla_bwd(bwd="split")
+SPLIT_DKV = dict(DQ_PASS=False, DKV_PASS=True, ONEPASS=False)
+ONEPASS = dict(DQ_PASS=False, DKV_PASS=True, ONEPASS=True)  # gla_bwd(bwd="onepass"), after the chunk states
 
 
-def _kernels(chunk: int, full: bool, dot: str):
-    """(name, jit function, compile-time constants) of every kernel, as ``gla_fwd``/``gla_bwd`` launch them."""
+def _kernels(chunk: int, full: bool, dot: str, prefetch: bool):
+    """(name, jit function, compile-time constants) of every kernel, as ``gla_fwd``/``gla_bwd`` launch them
+    (the sequential backward with ``PREFETCH=prefetch``)."""
     import torch
 
     from gladiff.ops.gla import triton_chunk as K
@@ -42,17 +44,23 @@ def _kernels(chunk: int, full: bool, dot: str):
     dtype = torch.float32 if full else torch.bfloat16
     _, meta, _, main = K._settings(torch.empty(1, 1, 1, 32, dtype=dtype), torch.empty(1, 1, 1, 64, dtype=dtype),
                                    chunk, None, None, dot)
+    bwd = dict(main, PREFETCH=prefetch)  # the forward has no such flag
     return [
         ("sequential fwd", K._fwd_kernel, dict(meta, **main, MULTI_SEG=False)),
         ("sequential fwd (segments)", K._fwd_kernel, dict(meta, **main, MULTI_SEG=True)),
-        ("sequential bwd", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False, **FUSED)),
-        ("sequential bwd (segments)", K._bwd_kernel, dict(meta, **main, MULTI_SEG=True, **FUSED)),
+        ("sequential bwd", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=False, **FUSED)),
+        ("sequential bwd (segments)", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=True, **FUSED)),
         # bwd="split": the same kernel compiled once per pass (gla_bwd launches both in turn).
-        ("sequential bwd split: dq", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False, **SPLIT_DQ)),
-        ("sequential bwd split: dq (segments)", K._bwd_kernel, dict(meta, **main, MULTI_SEG=True, **SPLIT_DQ)),
-        ("sequential bwd split: dk/dv/dg", K._bwd_kernel, dict(meta, **main, MULTI_SEG=False, **SPLIT_DKV)),
+        ("sequential bwd split: dq", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=False, **SPLIT_DQ)),
+        ("sequential bwd split: dq (segments)", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=True, **SPLIT_DQ)),
+        ("sequential bwd split: dk/dv/dg", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=False, **SPLIT_DKV)),
         ("sequential bwd split: dk/dv/dg (segments)", K._bwd_kernel,
-         dict(meta, **main, MULTI_SEG=True, **SPLIT_DKV)),
+         dict(meta, **bwd, MULTI_SEG=True, **SPLIT_DKV)),
+        # bwd="onepass": every chunk's start state, then one backwards walk.
+        ("sequential bwd onepass: chunk states", K._chunk_states_kernel, dict(meta, MULTI_SEG=False)),
+        ("sequential bwd onepass: chunk states (segments)", K._chunk_states_kernel, dict(meta, MULTI_SEG=True)),
+        ("sequential bwd onepass", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=False, **ONEPASS)),
+        ("sequential bwd onepass (segments)", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=True, **ONEPASS)),
         ("parallel chunk states (fwd)", P._chunk_state_kernel, dict(meta, WITH_GRAD=False)),
         ("parallel chunk states (bwd)", P._chunk_state_kernel, dict(meta, WITH_GRAD=True)),
         ("parallel state scan", P._state_scan_kernel, dict(BK=32, BV=64, NB=P.SCAN_BLOCK)),
@@ -103,6 +111,8 @@ def main(argv=None):
     parser.add_argument("--kernels", nargs="+", default=None,
                         help="only kernels whose name contains one of these texts (default: all)")
     parser.add_argument("--maxnreg", type=int, default=0, help="register cap per thread (CONFIG's maxnreg; 0: none)")
+    parser.add_argument("--prefetch", type=int, default=None, choices=[0, 1],
+                        help="the sequential backward's PREFETCH (default: CONFIG's rule for --maxnreg)")
     parser.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = parser.parse_args(argv)
     try:
@@ -112,10 +122,14 @@ def main(argv=None):
     except ImportError as err:
         print(f"gla_triton_registers: needs Triton ({err})")
         return 0
+    from gladiff.ops.gla import triton_chunk as K
+
+    prefetch = (bool(args.prefetch) if args.prefetch is not None
+                else K.resolve_prefetch(K.CONFIG["prefetch"], args.maxnreg))
     rows = []
     for chunk in args.chunks:
         for warps in args.warps:
-            for name, fn, constants in _kernels(chunk, args.dtype == "fp32", args.dot):
+            for name, fn, constants in _kernels(chunk, args.dtype == "fp32", args.dot, prefetch):
                 if args.kernels and not any(text in name for text in args.kernels):
                     continue
                 src = ASTSource(fn=fn, signature=_signature(fn, constants, args.dtype), constexprs=constants)
@@ -127,7 +141,7 @@ def main(argv=None):
                 except Exception as err:  # reported per kernel: one that fails to compile is a finding
                     report = dict(error=f"{type(err).__name__}: {str(err)[:300]}")
                 rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=args.dot, arch=args.arch,
-                                 maxnreg=args.maxnreg, **report))
+                                 maxnreg=args.maxnreg, prefetch=prefetch, **report))
                 regs = report.get("registers")
                 progs = 65536 // (regs * 32 * warps) if regs else None
                 print(f"chunk {chunk:2d} warps {warps}  {name:30} " + (

@@ -23,7 +23,7 @@ from gladiff.models.compiled import COMPILE_SCOPES, compile_model  # noqa: E402
 from gladiff.ops.dwconv import BACKENDS as DWCONV_BACKENDS  # noqa: E402
 
 CATEGORIES = [  # first match wins, on the lower-cased kernel name
-    ("gla", ("_fwd_kernel", "_bwd_kernel", "_segment_state", "_segment_dstate")),
+    ("gla", ("_fwd_kernel", "_bwd_kernel", "_segment_state", "_segment_dstate", "_chunk_states")),
     ("attention", ("flash", "fmha", "cudnn", "attention")),
     ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "matmul", "sm90_", "cublas")),
     ("conv", ("conv", "depthwise", "implicit_convolve", "wgrad", "dgrad")),

@@ -10,7 +10,7 @@ geometric-mean time over the shapes, as a GLADIFF_GLA_TRITON string (also writte
     python benchmarks/tune_gla_triton.py [--out benchmarks/results/gla_triton_tune.json] [--best FILE]
     python benchmarks/tune_gla_triton.py --impls sequential parallel --configs 32:tf32 \
         --shapes 32,6,256 32,18,256 1,6,16384 4,6,16384
-    python benchmarks/tune_gla_triton.py --impls sequential --bwds fused split --configs 32:bf16-scores \
+    python benchmarks/tune_gla_triton.py --impls sequential --bwds fused split onepass --configs 32:bf16-scores \
         --warps 4 8 --maxnregs 0 168 128 --shapes 32,6,256 32,18,256 1,6,16384 4,6,16384
 """
 from __future__ import annotations

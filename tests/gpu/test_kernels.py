@@ -1,5 +1,5 @@
 """Our Triton kernels compiled for the GPU against exact references computed in float64 on the same
-inputs: the GLA kernels (both implementations, both backwards of the sequential one, and
+inputs: the GLA kernels (both implementations, every backward of the sequential one, and
 flash-linear-attention's ``chunk_gla`` when installed) against the recurrence, the depth-wise conv
 against ``F.conv2d``; float32 and bf16, all four scan orders, odd grids, padded head sizes, several
 segments, very negative gates; the output and every gradient. Outputs are poisoned with NaN first
@@ -38,6 +38,8 @@ GRADS = ["o", "dq", "dk", "dv", "dg"]
 IMPLS = {
     ("sequential", "fused"): list(CASES),
     ("sequential", "split"): ["odd T 37 on 1x37", "T 1024 in 4 segments"],
+    # (its chunk-state buffer is [B*H, chunks, BK, BV] with padded head sizes: the padded case too)
+    ("sequential", "onepass"): ["odd T 37 on 1x37", "odd grid 15x17, heads 20/40 padded", "T 1024 in 4 segments"],
     ("parallel", "fused"): ["odd grid 15x17, heads 20/40 padded", "T 1024 in 4 segments"],
 }
 

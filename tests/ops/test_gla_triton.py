@@ -1,9 +1,9 @@
 """Our Triton GLA kernels under Triton's CPU interpreter (TRITON_INTERPRET=1) against the exact
 recurrence in float64: output and every gradient, all four scan orders, odd T, several segments,
 head sizes that are not powers of two, very negative gates; plus the custom op under torch.compile.
-The gradient tests run both backwards, ``bwd="fused"`` (one kernel) and ``bwd="split"`` (a dq launch,
-then a dk/dv/dg launch). Without Triton the module fails to collect (GLADIFF_TEST_WITHOUT_TRITON=1:
-skipped; triton_check.py)."""
+The gradient tests run every backward, ``bwd="fused"`` (one kernel), ``bwd="split"`` (a dq launch,
+then a dk/dv/dg launch) and ``bwd="onepass"`` (a chunk-state launch, then one backwards walk).
+Without Triton the module fails to collect (GLADIFF_TEST_WITHOUT_TRITON=1: skipped; triton_check.py)."""
 import pytest
 import torch
 from triton_check import import_kernels, unavailable
@@ -17,31 +17,41 @@ from gladiff.ops.gla import resolve_backend  # noqa: E402
 from gla_triton_helpers import ORDERS, assert_close_all, make_inputs, reference, rel  # noqa: E402
 
 
-BWDS = ["fused", "split"]
+BWDS = ["fused", "split", "onepass"]
+
+
+def test_every_backward_is_tested():
+    assert tuple(BWDS) == K.BWDS
 
 
 @pytest.fixture
 def bwd_kernel_passes(monkeypatch):
-    """Records the ``(DQ_PASS, DKV_PASS)`` of every backward launch: proof of which backward ran."""
+    """Records the ``(DQ_PASS, DKV_PASS, ONEPASS, PREFETCH)`` of every backward launch, and "states" for
+    each launch of the chunk-state kernel: proof of which backward ran."""
     seen = []
     launch = K._launch
 
     def spy(kernel, *args, **kwargs):
         if kernel is K._bwd_kernel:
-            seen.append((kwargs.get("DQ_PASS", True), kwargs.get("DKV_PASS", True), kwargs["PREFETCH"]))
+            seen.append((kwargs.get("DQ_PASS", True), kwargs.get("DKV_PASS", True), kwargs.get("ONEPASS", False),
+                         kwargs["PREFETCH"]))
+        elif kernel is K._chunk_states_kernel:
+            seen.append("states")
         return launch(kernel, *args, **kwargs)
 
     monkeypatch.setattr(K, "_launch", spy)
     return seen
 
 
-EXPECTED_PASSES = {"fused": [(True, True)], "split": [(True, False), (False, True)]}
+EXPECTED_PASSES = {"fused": [(True, True, False)], "split": [(True, False, False), (False, True, False)],
+                   "onepass": ["states", (False, True, True)]}
 
 
 def _passes(seen, prefetch):
-    """``seen`` as recorded with the prefetch flag of each launch checked to be ``prefetch``."""
-    assert all(p == bool(prefetch) for *_, p in seen), seen
-    return [tuple(x[:2]) for x in seen]
+    """``seen`` as recorded with the prefetch flag of each backward launch checked to be ``prefetch``."""
+    launches = [x for x in seen if x != "states"]
+    assert all(p == bool(prefetch) for *_, p in launches), seen
+    return [x if x == "states" else tuple(x[:3]) for x in seen]
 
 
 @pytest.mark.parametrize("prefetch", [0, 1])
@@ -113,6 +123,9 @@ def test_bwd_and_register_cap_are_validated(monkeypatch):
     monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=split")
     K._config_from_env()
     assert K.CONFIG["bwd"] == "split"
+    monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=onepass")
+    K._config_from_env()
+    assert K.CONFIG["bwd"] == "onepass"
     monkeypatch.setenv("GLADIFF_GLA_TRITON", "bwd=both")
     with pytest.raises(ValueError, match="bwd must be one of"):
         K._config_from_env()
@@ -194,15 +207,29 @@ def test_bf16_inputs_float32_gates(bwd):
     assert rel(grads[3], ref[4]) < 1e-4
 
 
+def test_onepass_writes_dg_in_the_gates_dtype():
+    """The one-pass backward keeps q * dq in registers, so it stores dg straight in the gates' dtype
+    (no float32 scratch to convert): bf16 gates give the fused backward's bf16 dg."""
+    grid = (6, 8)
+    q, k, v, g, do = (x.bfloat16() for x in make_inputs(1, 48, 2, 16, 16))
+    o, s0, gs = K.gla_fwd(q, k, v, g, 0.25, False, False, *grid)
+    fused, onepass = (K.gla_bwd(q, k, v, g, do, s0, gs, 0.25, False, False, *grid, bwd=bwd)
+                      for bwd in ("fused", "onepass"))
+    for a, r in zip(onepass, fused):
+        assert a.dtype == r.dtype and rel(a, r.double()) < 1e-2
+
+
+@pytest.mark.parametrize("bwd", BWDS)
 @pytest.mark.parametrize("chunk,dot", [(16, "tf32"), (32, "bf16")])
-def test_launch_variants_match_recurrent(chunk, dot):
-    """Other chunk sizes (tree depths) and bf16 operands compute the same function."""
+def test_launch_variants_match_recurrent(chunk, dot, bwd):
+    """Other chunk sizes (tree depths) and bf16 operands compute the same function (one chunk per
+    segment: the state crosses every chunk boundary through the saved segment starts)."""
     grid = (6, 8)
     q, k, v, g, do = make_inputs(1, 48, 1, 16, 16)
     q, k, v, do = (x.bfloat16() for x in (q, k, v, do)) if dot == "bf16" else (q, k, v, do)
     kw = dict(segment=chunk, chunk=chunk, dot=dot)
     o, s0, gs = K.gla_fwd(q, k, v, g, 0.25, True, False, *grid, **kw)
-    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.25, True, False, *grid, **kw)
+    grads = K.gla_bwd(q, k, v, g, do, s0, gs, 0.25, True, False, *grid, bwd=bwd, **kw)
     ref = reference(q.float(), k.float(), v.float(), g, do.float(), 0.25, "col", False, grid)
     tol = 2e-2 if dot == "bf16" else 1e-5
     for name, a, r in zip(["o", "dq", "dk", "dv", "dg"], [o, *grads], ref):

@@ -31,13 +31,23 @@ Design (why it looks the way it does):
   so each keeps fewer tiles live than the fused kernel, which is register-bound. The second launch
   reads the float32 ``q * dq`` the first wrote, and takes ``S_end`` from the next segment's saved
   start state instead of rebuilding it.
+* **One-pass backward (option).** ``bwd="onepass"``: a light kernel (``_chunk_states_kernel``: k, v,
+  g and one product per chunk) first stores the state before every chunk (float32, ``dk x dv`` per
+  chunk, transient); then a single backwards walk per segment computes dq, dk, dv and dg together.
+  Phase A's recomputation (``P = do v^T``, the cumulative gates, every tree level's decay factors) is
+  gone, each level's factors serve the scores, dk and dq at once (``_intra_grads``), and ``q * dq``
+  stays in registers (no float32 round trip, no barrier). The cost: the states' write and read
+  (256 B per token and head each way at dk 32 / dv 64: with the state kernel's k, v, g reads about
+  the traffic of phase A's inputs and q * dq's round trip, which go), dq's accumulator through the
+  tree, and q, k, v, do read twice per step (before and after the tree, so that no copy of them is
+  held through it; the second read likely from L1).
 * **Prefetch.** A program's chunk steps depend on each other only through the state, so each step
   issues the loads of the next chunk's tiles (in their own dtype) before its own work and converts
   them one step later: the load latency hides behind a step's arithmetic instead of stalling it
   (Nsight Compute, forward at (32,18,256): 35% of stall samples were waits on those loads). The
   forward always prefetches; the backward where it has registers to spare (``prefetch``, below).
 
-Forward launches 1 kernel (2 with segments), backward 1 (2 with segments; split: one more).
+Forward launches 1 kernel (2 with segments), backward 1 (2 with segments; split and onepass: one more).
 """
 from __future__ import annotations
 
@@ -57,7 +67,9 @@ from .._triton import fix_interpreter_index
 # and the implementation behind the custom ops ("sequential": this module, one program walks a
 # segment's chunks; "parallel": `triton_parallel`, fully parallel over chunks with a separate state
 # scan), and the sequential implementation's backward ("fused": one kernel walks each segment
-# forwards for dq, then backwards for dk/dv/dg; "split": the two walks as two lighter launches).
+# forwards for dq, then backwards for dk/dv/dg; "split": the two walks as two lighter launches;
+# "onepass": a kernel stores every chunk's start state, then one backwards walk computes all four;
+# untimed, prepared for the next GPU sweep).
 # GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16,impl=parallel,bwd=split" overrides it.
 # The default is the fastest configuration of the H200 sweep that passes the bf16 GPU check
 # (benchmarks/results/gla_triton_tune_H200_parallel.json, gla_gpu_check_H200_bf16scores.json);
@@ -71,7 +83,8 @@ from .._triton import fix_interpreter_index
 # gla_triton_tune_H100_cap_t256.json): with room for every program the cap only adds spills.
 # "split" is 1-2% faster than "fused" at 16k tokens and 3-6% slower at 256, so "fused" stays.
 # prefetch: whether the sequential backward loads the next chunk's tiles before the current chunk's
-# work (the forward always does): "auto" only in launches without a register cap, where it was faster at
+# work (the forward and the one-pass state kernel always do; the one-pass walk as phase B does, its
+# chunk state loaded where used): "auto" only in launches without a register cap, where it was faster at
 # every measured shape (H200, uncapped fused backward: (32,6,256) 0.177 -> 0.171 ms, (32,18,256) 0.512 ->
 # 0.492, (1,6,16384) 0.429 -> 0.405, (4,6,16384) 1.232 -> 1.122); under the cap of 168 the prefetched
 # tiles spill and it was slower at every shape (0.461 -> 0.516 at (32,18,256);
@@ -80,7 +93,7 @@ CONFIG = dict(chunk=32, warps=4, stages=2, dot="bf16-scores", impl="sequential",
               prefetch="auto")
 AUTO_MAXNREG = 168
 IMPLS = ("sequential", "parallel")
-BWDS = ("fused", "split")
+BWDS = ("fused", "split", "onepass")
 
 
 def _config_from_env():
@@ -249,6 +262,16 @@ def _load_rows(base, rows, stride_t, offs, mask_t, mask_d):
     return _load_raw(base, rows, stride_t, offs, mask_t, mask_d).to(tl.float32)
 
 
+@triton.jit
+def _reload_rows(base, rows, stride_t, offs, mask_t, mask_d):
+    """``_load_rows`` of a tile already loaded in this chunk step, as its last read (``evict_first``).
+    Being a different op, common-subexpression elimination does not merge it into the first load, so
+    the tile (in each layout its uses need) is not held in registers in between."""
+    ptr = base + rows[:, None] * stride_t + offs[None, :]
+    x = tl.load(ptr, mask=mask_t[:, None] & mask_d[None, :], other=0.0, eviction_policy="evict_first")
+    return x.to(tl.float32)
+
+
 # Log-gates below this decay by exactly 0 in float32 (exp(-1e4) underflows), so -inf (a legitimate
 # "forget everything") is taken as this: differences of cumulative sums stay finite, where -inf would
 # give -inf - -inf = NaN. The kernels are exact for such gates (tested down to -1e4).
@@ -332,6 +355,27 @@ def _intra_scores_dk(q, k, b, P, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG
     return A, dk
 
 
+@triton.jit
+def _intra_grads(q, k, b, P, offs_t, BT: tl.constexpr, BK: tl.constexpr, LOG2_BT: tl.constexpr,
+                 PREC: tl.constexpr, APREC: tl.constexpr):
+    """``_intra_scores_dk``'s ``A`` and ``dk`` and ``_intra_dq``'s ``dq`` (unscaled) in one walk of the
+    tree: each level's decay factors, masked ``P`` and decayed ``q`` and ``k`` serve all three."""
+    eye = offs_t[:, None] == offs_t[None, :]
+    A = tl.where(eye, tl.sum(q * k, axis=1)[:, None], 0.0)
+    p_diag = tl.sum(tl.where(eye, P, 0.0), axis=1)[:, None]
+    dk = p_diag * q
+    dq = p_diag * k
+    for sh in range(1, LOG2_BT + 1):  # a run-time loop keeps one level's tiles live
+        q_decay, k_decay, same = _level(b, offs_t, sh, BT, BK)
+        qq = q * q_decay
+        kk = k * k_decay
+        Pm = tl.where(same, P, 0.0)
+        A += tl.where(same, _mm(qq, tl.trans(kk), APREC), 0.0)
+        dk += k_decay * _mm(tl.trans(Pm), qq, PREC)
+        dq += q_decay * _mm(Pm, kk, PREC)
+    return A, dk, dq
+
+
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _segment_state_kernel(
     K, V, G, U, GS,
@@ -364,6 +408,53 @@ def _segment_state_kernel(
     st = (bh * NSEG + j).to(tl.int64)
     tl.store(U + st * BK * BV + offs_k[:, None] * BV + offs_v[None, :], S)
     tl.store(GS + st * BK + offs_k, gsum)
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _chunk_states_kernel(
+    K, V, G, S0, ST,
+    skb, skt, skh, svb, svt, svh, sgb, sgt, sgh,
+    T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG,
+    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
+):
+    """Per (segment j, batch*head): the state before each of the segment's chunks, for the one-pass
+    backward. ``ST``: ``[B*H, cdiv(T, BT), BK, BV]`` float32, chunks numbered along the scan from the
+    sequence start (segments are whole chunks, so segment j's first is ``j * SEG / BT``). Starts from
+    the segment's saved start state (one segment: zero); the forward's state recurrence without its
+    outputs, and without the last chunk's step (no chunk starts after it)."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
+    n_chunks = _n_chunks(T, j * SEG, SEG, BT)
+    b_idx, h_idx, offs_t, offs_k, offs_v, mk, mv = _head_tiles(bh, H, DK, DV, BT, BK, BV)
+    k_base = K + b_idx * skb + h_idx * skh
+    v_base = V + b_idx * svb + h_idx * svh
+    g_base = G + b_idx * sgb + h_idx * sgh
+    state_offs = offs_k[:, None] * BV + offs_v[None, :]
+    if MULTI_SEG:
+        S = tl.load(S0 + (bh * NSEG + j).to(tl.int64) * BK * BV + state_offs)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    t0 = j * SEG
+    st_base = ST + (bh * ((T + BT - 1) // BT) + t0 // BT).to(tl.int64) * BK * BV + state_offs
+    tl.store(st_base, S)
+    # Prefetch as the forward does: each step loads the next chunk's tiles before its own product.
+    rows, mt = _chunk_rows(t0 + offs_t, T, grid_h, grid_w, COL, REVERSE)
+    mt = mt & (n_chunks > 1)
+    k_raw = _load_raw(k_base, rows, skt, offs_k, mt, mk)
+    v_raw = _load_raw(v_base, rows, svt, offs_v, mt, mv)
+    g_raw = _load_raw(g_base, rows, sgt, offs_k, mt, mk)
+    for c in range(1, n_chunks):  # the state after chunk c - 1 is the one before chunk c
+        rows_n, mt_n = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
+        mt_n = mt_n & (c + 1 < n_chunks)
+        k_next = _load_raw(k_base, rows_n, skt, offs_k, mt_n, mk)
+        v_next = _load_raw(v_base, rows_n, svt, offs_v, mt_n, mv)
+        g_next = _load_raw(g_base, rows_n, sgt, offs_k, mt_n, mk)
+        g = _gates(g_raw)
+        S = _advance_state(S, k_raw.to(tl.float32), v_raw.to(tl.float32), tl.cumsum(g, axis=0), tl.sum(g, axis=0),
+                           PREC)
+        tl.store(st_base + c * BK * BV, S)
+        k_raw, v_raw, g_raw = k_next, v_next, g_next
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -457,13 +548,14 @@ def _segment_dstate_kernel(
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_kernel(
-    Q, K, V, G, DO, DQ, DK_, DV_, DG, S0, DU, GS,
+    Q, K, V, G, DO, DQ, DK_, DV_, DG, S0, DU, GS, ST,
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sdb, sdt, sdh,
     T, H, grid_h, grid_w, COL, REVERSE, SEG, NSEG, scale,
     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     PREC: tl.constexpr, MULTI_SEG: tl.constexpr,
     LOG2_BT: tl.constexpr, SPREC: tl.constexpr, APREC: tl.constexpr,
     DQ_PASS: tl.constexpr = True, DKV_PASS: tl.constexpr = True, PREFETCH: tl.constexpr = False,
+    ONEPASS: tl.constexpr = False,
 ):
     """Gradients of segment j for one (batch, head). ``DQ, DK_, DV_, DG`` are contiguous like
     their inputs' shapes, so they share the strides of ``Q``/``V`` rebuilt as contiguous:
@@ -474,7 +566,11 @@ def _bwd_kernel(
     split backward launches the kernel twice, ``(True, False)`` then ``(False, True)``: each compiled
     variant keeps only its phase's tiles live (the state ``S`` or its gradient ``dS``, not both), so
     it needs fewer registers, at the cost of a second pass over the inputs. ``PREFETCH``: each step
-    loads the next chunk's tiles before its own work (see the module's notes)."""
+    loads the next chunk's tiles before its own work (see the module's notes).
+
+    ``ONEPASS`` (with ``(False, True)``): phase B alone computes dq too, from each chunk's start state
+    in ``ST`` (written by ``_chunk_states_kernel``), so no phase A and no float32 ``q * dq`` round trip;
+    ``DG`` may then be in the gates' dtype."""
     j = tl.program_id(0)
     bh = tl.program_id(1)
     n_chunks = _n_chunks(T, j * SEG, SEG, BT)
@@ -496,6 +592,9 @@ def _bwd_kernel(
     state_offs = offs_k[:, None] * BV + offs_v[None, :]
     causal = offs_t[:, None] >= offs_t[None, :]
     t0 = j * SEG
+    tl.static_assert(not (ONEPASS and DQ_PASS), "the one-pass backward has no phase A")
+    if ONEPASS:  # this segment's chunk start states, chunks numbered from the sequence start
+        st_base = ST + (bh * ((T + BT - 1) // BT) + t0 // BT).to(tl.int64) * BK * BV + state_offs
 
     if DQ_PASS:
         # Phase A: forwards through the segment, rebuilding the state; dq needs only the past.
@@ -607,12 +706,31 @@ def _bwd_kernel(
             b = tl.cumsum(g, axis=0)
             b_last = tl.sum(g, axis=0)
             P = tl.where(causal, _mm(do, tl.trans(v), APREC), 0.0)
-            A, dk = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
+            if ONEPASS:
+                A, dk, dq = _intra_grads(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
+                # The tiles used after the tree are read again (from L1, most likely), each just before
+                # its uses: Triton converts a tile to each layout its uses need where it is loaded, so
+                # every copy would stay live through the tree (ptxas sm_90a, spills at 4 warps 408 ->
+                # 44 B, capped at 168: 784 -> 452 B; at 8 warps 264 -> 0 B).
+                v = _reload_rows(v_base, rows, svt, offs_v, mt, mv)
+            else:
+                A, dk = _intra_scores_dk(q, k, b, P, offs_t, BT, BK, LOG2_BT, PREC, APREC)
             decay_k = tl.exp(b_last[None, :] - b)
             dk += decay_k * _mm(v, tl.trans(dS), SPREC)
+            if ONEPASS:
+                q = _reload_rows(q_base, rows, sqt, offs_k, mt, mk) * scale
+                k = _reload_rows(k_base, rows, skt, offs_k, mt, mk)
+                do = _reload_rows(do_base, rows, sdt, offs_v, mt, mv)
             dv = _mm(tl.trans(A), do, APREC)
             dv += _mm(k * decay_k, dS, SPREC)
-            if DQ_PASS:
+            if ONEPASS:
+                _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)  # before the state tile is loaded
+                # dq's inter-chunk term last, so that the chunk's start state is live only here. q is
+                # scaled and dq not yet: q * dq = q_raw * (scale dq).
+                dq += tl.exp(b) * _mm(do, tl.trans(tl.load(st_base + c * BK * BV)), SPREC)
+                x = q * dq - k * dk
+                _store_rows(dq_base, rows, sdk, offs_k, mt, mk, dq * scale)
+            elif DQ_PASS:
                 x = x - k * dk  # q dq - k dk
             else:
                 # The split pass loads q * dq where it is used: Triton keeps program order, and
@@ -623,7 +741,8 @@ def _bwd_kernel(
             r += tl.sum(x, axis=0)
             dS = dS * tl.exp(b_last)[:, None] + _mm(tl.trans(q * tl.exp(b)), do, PREC)
             _store_rows(dk_base, rows, sdk, offs_k, mt, mk, dk)
-            _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)
+            if not ONEPASS:
+                _store_rows(dv_base, rows, sdv, offs_v, mt, mv, dv)
             _store_rows(dg_base, rows, sdk, offs_k, mt, mk, dg)
             if PREFETCH:
                 q_raw, k_raw, v_raw, g_raw, do_raw, rows, mt = q_next, k_next, v_next, g_next, do_next, rows_n, mt_n
@@ -719,9 +838,10 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
             num_stages: int | None = None, dot: str | None = None, bwd: str | None = None,
             maxnreg: int | None = None):
     """Backward: ``(dq, dk, dv, dg)``, contiguous, in the dtypes of ``q, k, v, g``. ``bwd`` (default
-    ``CONFIG["bwd"]``): "fused" (one launch) or "split" (a dq launch, then a dk/dv/dg launch); the same
-    gradients either way (up to float32 rounding: split takes each segment's end state from the saved
-    start states instead of rebuilding it), from the same saved tensors."""
+    ``CONFIG["bwd"]``): "fused" (one launch), "split" (a dq launch, then a dk/dv/dg launch) or
+    "onepass" (a launch writing every chunk's start state, then one backwards walk for all four); the
+    same gradients either way (up to float32 rounding: split and onepass take each segment's end state
+    from the saved start states instead of rebuilding it), from the same saved tensors."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
     seg, nseg = plan_segments(B * H, T, segment, chunk)
@@ -734,8 +854,8 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
     dq = torch.empty(B, T, H, dk, dtype=q.dtype, device=q.device)
     dk_ = torch.empty(B, T, H, dk, dtype=k.dtype, device=q.device)
     dv_ = torch.empty(B, T, H, dv, dtype=v.dtype, device=q.device)
-    # dg's buffer doubles as float32 scratch for q * dq between the two phases.
-    dg = torch.empty(B, T, H, dk, dtype=torch.float32, device=q.device)
+    # dg's buffer doubles as float32 scratch for q * dq between the two phases (one-pass: no phases).
+    dg = torch.empty(B, T, H, dk, dtype=g.dtype if bwd == "onepass" else torch.float32, device=q.device)
     flags = (int(scan_col), int(reverse))
     if nseg > 1:
         du = torch.empty_like(s0)
@@ -745,13 +865,22 @@ def gla_bwd(q, k, v, g, do, s0, gs, scale: float, scan_col: bool, reverse: bool,
     else:
         # One segment: the state buffers are compiled out; any valid pointer stands in.
         s0 = du = gs = dq
+    st = dq
+    if bwd == "onepass":
+        # Every chunk's start state (float32, [B*H, chunks, BK, BV]; transient): the backwards walk
+        # reads it for dq instead of rebuilding the state in a forwards walk of its own.
+        st = torch.empty(B * H, triton.cdiv(T, chunk), meta["BK"], meta["BV"], dtype=torch.float32, device=q.device)
+        _launch(_chunk_states_kernel, nseg, B * H,
+                k, v, g, s0, st, *_strides(k), *_strides(v), *_strides(g),
+                T, H, grid_h, grid_w, *flags, seg, nseg, MULTI_SEG=nseg > 1, **meta, **launch)
     # Split: the dq pass writes dq and q * dq (float32, in dg's buffer); the dk/dv/dg pass, launched
     # after it on the same stream, reads that q * dq back. Fused: both passes in one launch.
-    passes = ([dict(DQ_PASS=True, DKV_PASS=False), dict(DQ_PASS=False, DKV_PASS=True)] if bwd == "split"
-              else [dict(DQ_PASS=True, DKV_PASS=True)])
+    passes = {"split": [dict(DQ_PASS=True, DKV_PASS=False), dict(DQ_PASS=False, DKV_PASS=True)],
+              "fused": [dict(DQ_PASS=True, DKV_PASS=True)],
+              "onepass": [dict(DQ_PASS=False, DKV_PASS=True, ONEPASS=True)]}[bwd]
     for phase in passes:
         _launch(_bwd_kernel, nseg, B * H,
-                q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs,
+                q, k, v, g, do, dq, dk_, dv_, dg, s0, du, gs, st,
                 *_strides(q), *_strides(k), *_strides(v), *_strides(g), *_strides(do),
                 T, H, grid_h, grid_w, *flags, seg, nseg, float(scale), MULTI_SEG=nseg > 1, **phase,
                 PREFETCH=prefetch, **main, **meta, **launch)

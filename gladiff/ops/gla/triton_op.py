@@ -10,8 +10,9 @@ Two implementations stand behind the ops: ``"sequential"`` (``triton_chunk``) an
 (``triton_parallel``), chosen by ``triton_chunk.CONFIG["impl"]`` (``GLADIFF_GLA_TRITON="impl=parallel"``)
 when ``gla_triton`` is called; the choice travels with the op as an argument, so backward uses the
 forward's implementation and the fake impls give that implementation's saved-tensor shapes. The
-sequential implementation's backward variant (``CONFIG["bwd"]``, fused or split) is read when the
-backward runs; both use the same saved tensors, so the ops and their fake impls do not depend on it.
+sequential implementation's backward variant (``CONFIG["bwd"]``: fused, split or onepass) is read
+when the backward runs; all use the same saved tensors (onepass's chunk states are transient, inside
+the op), so the ops and their fake impls do not depend on it.
 """
 from __future__ import annotations
 
