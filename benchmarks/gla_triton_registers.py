@@ -1,14 +1,27 @@
 """Registers and spills of our Triton GLA kernels, compiled for a GPU architecture on any machine
-(no GPU needed): each kernel is compiled by Triton to PTX and assembled by the ``ptxas`` that ships
-with Triton, whose ``-v`` report gives registers per thread and spill bytes. Registers bound how many
-programs share a multiprocessor (65536 registers each on H100/H200), so this is a quick check of a
-kernel change before GPU time is spent on it.
+(no GPU needed): each kernel is compiled with Triton's ahead-of-time API to PTX and assembled by the
+``ptxas`` that ships with Triton, whose ``-v`` report gives registers per thread and spill bytes.
+Registers bound how many programs share a multiprocessor (65536 registers each on H100/H200), so this
+is a quick check of a kernel change before GPU time is spent on it. DiG's head sizes (dk 32, dv 64).
 
-    python benchmarks/gla_triton_registers.py [--arch 90] [--dtype bf16] [--dot tf32] [--chunks 32] [--warps 4 8] \\
-        [--kernels sequential] [--maxnreg 168] [--out benchmarks/results/gla_triton_registers.json]
+    python benchmarks/gla_triton_registers.py [--arch 90] [--dtype bf16] [--dot bf16-scores] [--chunks 32] \\
+        [--warps 4 8] [--kernels sequential] [--bwds fused split onepass] [--maxnreg 0 168] [--prefetch 0 1] \\
+        [--sass] [--out benchmarks/results/gla_triton_registers.json]
 
-Caveat: integer arguments are compiled as plain 32-bit values, without the divisibility hints a real
-launch may add, so the counts can differ slightly from the kernels a GPU run compiles.
+Kernels: the sequential forward and backward (``triton_chunk``) and the parallel ones
+(``triton_parallel``), each with and without segments where it has them. Each sequential backward as
+``gla_bwd`` launches it: "fused" one kernel, "split" its two passes, "onepass" the chunk-state kernel
+and the one-pass kernel. Only the backward kernels take ``PREFETCH``: the others are listed once per
+register cap (prefetch "-").
+
+Pointers and strides are compiled divisible by 16 (``tt.divisibility``), as the real launches see
+them (``T`` and the flags are not specialised); without these hints the counts run high (e.g. 234
+instead of 124 registers for ``_chunk_states_kernel``).
+
+``--sass`` adds a static estimate of the instructions each warp issues per chunk (the backward is
+bound by issued instructions, Nsight Compute): ``nvdisasm``'s SASS, every outermost loop's body
+(a chunk loop) plus ``LOG2_BT - 1`` more times each loop inside it (the tree levels). Branches inside
+a body count as taken, so it is a proxy for comparing variants, not a measurement.
 """
 from __future__ import annotations
 
@@ -20,7 +33,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # compile real kernels, not the interpreter's
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 POINTERS_16 = ["Q", "K", "V", "DO", "O", "DQ", "DK_", "DV_"]  # in the inputs' dtype
@@ -32,9 +44,9 @@ SPLIT_DKV = dict(DQ_PASS=False, DKV_PASS=True, ONEPASS=False)
 ONEPASS = dict(DQ_PASS=False, DKV_PASS=True, ONEPASS=True)  # gla_bwd(bwd="onepass"), after the chunk states
 
 
-def _kernels(chunk: int, full: bool, dot: str, prefetch: bool):
-    """(name, jit function, compile-time constants) of every kernel, as ``gla_fwd``/``gla_bwd`` launch them
-    (the sequential backward with ``PREFETCH=prefetch``)."""
+def _kernels(chunk: int, full: bool, dot: str):
+    """(name, backward variant or None, jit function, compile-time constants, takes PREFETCH) of every
+    kernel, as ``gla_fwd``/``gla_bwd`` launch them."""
     import torch
 
     from gladiff.ops.gla import triton_chunk as K
@@ -44,32 +56,34 @@ def _kernels(chunk: int, full: bool, dot: str, prefetch: bool):
     dtype = torch.float32 if full else torch.bfloat16
     _, meta, _, main = K._settings(torch.empty(1, 1, 1, 32, dtype=dtype), torch.empty(1, 1, 1, 64, dtype=dtype),
                                    chunk, None, None, dot)
-    bwd = dict(main, PREFETCH=prefetch)  # the forward has no such flag
-    return [
-        ("sequential fwd", K._fwd_kernel, dict(meta, **main, MULTI_SEG=False)),
-        ("sequential fwd (segments)", K._fwd_kernel, dict(meta, **main, MULTI_SEG=True)),
-        ("sequential bwd", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=False, **FUSED)),
-        ("sequential bwd (segments)", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=True, **FUSED)),
-        # bwd="split": the same kernel compiled once per pass (gla_bwd launches both in turn).
-        ("sequential bwd split: dq", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=False, **SPLIT_DQ)),
-        ("sequential bwd split: dq (segments)", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=True, **SPLIT_DQ)),
-        ("sequential bwd split: dk/dv/dg", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=False, **SPLIT_DKV)),
-        ("sequential bwd split: dk/dv/dg (segments)", K._bwd_kernel,
-         dict(meta, **bwd, MULTI_SEG=True, **SPLIT_DKV)),
-        # bwd="onepass": every chunk's start state, then one backwards walk.
-        ("sequential bwd onepass: chunk states", K._chunk_states_kernel, dict(meta, MULTI_SEG=False)),
-        ("sequential bwd onepass: chunk states (segments)", K._chunk_states_kernel, dict(meta, MULTI_SEG=True)),
-        ("sequential bwd onepass", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=False, **ONEPASS)),
-        ("sequential bwd onepass (segments)", K._bwd_kernel, dict(meta, **bwd, MULTI_SEG=True, **ONEPASS)),
-        ("parallel chunk states (fwd)", P._chunk_state_kernel, dict(meta, WITH_GRAD=False)),
-        ("parallel chunk states (bwd)", P._chunk_state_kernel, dict(meta, WITH_GRAD=True)),
-        ("parallel state scan", P._state_scan_kernel, dict(BK=32, BV=64, NB=P.SCAN_BLOCK)),
-        ("parallel outputs", P._output_kernel, dict(meta, **main)),
-        ("parallel gradients", P._grad_kernel, dict(meta, **main)),
+    rows = [
+        ("sequential fwd", None, K._fwd_kernel, dict(meta, **main, MULTI_SEG=False), False),
+        ("sequential fwd (segments)", None, K._fwd_kernel, dict(meta, **main, MULTI_SEG=True), False),
+    ]
+    for seg in (False, True):
+        tag = " (segments)" if seg else ""
+        bwd = dict(meta, **main, MULTI_SEG=seg)
+        rows += [
+            (f"sequential bwd{tag}", "fused", K._bwd_kernel, dict(bwd, **FUSED), True),
+            # bwd="split": the same kernel compiled once per pass (gla_bwd launches both in turn).
+            (f"sequential bwd split: dq{tag}", "split", K._bwd_kernel, dict(bwd, **SPLIT_DQ), True),
+            (f"sequential bwd split: dk/dv/dg{tag}", "split", K._bwd_kernel, dict(bwd, **SPLIT_DKV), True),
+            # bwd="onepass": every chunk's start state, then one backwards walk.
+            (f"sequential bwd onepass: chunk states{tag}", "onepass", K._chunk_states_kernel,
+             dict(meta, MULTI_SEG=seg), False),
+            (f"sequential bwd onepass{tag}", "onepass", K._bwd_kernel, dict(bwd, **ONEPASS), True),
+        ]
+    return rows + [
+        ("parallel chunk states (fwd)", None, P._chunk_state_kernel, dict(meta, WITH_GRAD=False), False),
+        ("parallel chunk states (bwd)", None, P._chunk_state_kernel, dict(meta, WITH_GRAD=True), False),
+        ("parallel state scan", None, P._state_scan_kernel, dict(BK=32, BV=64, NB=P.SCAN_BLOCK), False),
+        ("parallel outputs", None, P._output_kernel, dict(meta, **main), False),
+        ("parallel gradients", None, P._grad_kernel, dict(meta, **main), False),
     ]
 
 
 def _signature(fn, constants, dtype):
+    """Triton signature and attributes: pointers and strides (``s*`` but ``scale``) divisible by 16."""
     sig = {}
     for name in fn.arg_names:
         if name in constants:
@@ -80,41 +94,75 @@ def _signature(fn, constants, dtype):
             sig[name] = "*fp32"
         else:
             sig[name] = "fp32" if name == "scale" else "i32"
-    return sig
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if sig[name].startswith("*") or (name.startswith("s") and name != "scale")}
+    return sig, attrs
 
 
-def ptxas_report(ptx: str, arch: int) -> dict:
-    """``{"registers", "spill_stores", "spill_loads"}`` from ``ptxas -v`` on ``ptx``."""
+def ptxas_report(ptx: str, arch: int, maxnreg: int = 0, sass: bool = False) -> dict:
+    """``{"registers", "spill_stores", "spill_loads"}`` from ``ptxas -v`` on ``ptx`` (with ``sass``
+    also ``"sass"``, ``nvdisasm``'s listing of the cubin)."""
     from triton.backends.nvidia import compiler as nv
 
-    ptxas = nv.get_ptxas(arch).path  # the ptxas Triton itself uses (shipped in its wheel)
+    ptxas = Path(nv.get_ptxas(arch).path)  # the ptxas Triton itself uses (shipped in its wheel)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "k.ptx"
+        src, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
         src.write_text(ptx)
         suffix = "a" if arch >= 90 else ""
-        out = subprocess.run([ptxas, f"-arch=sm_{arch}{suffix}", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
-                             capture_output=True, text=True, check=True).stderr
+        cmd = [str(ptxas), f"-arch=sm_{arch}{suffix}", "-v", str(src), "-o", str(cubin)]
+        if maxnreg:
+            cmd.insert(1, f"-maxrregcount={maxnreg}")
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+        listing = (subprocess.run([str(ptxas.parent / "nvdisasm"), "-c", str(cubin)], capture_output=True,
+                                  text=True, check=True).stdout if sass else None)
     regs = re.search(r"Used (\d+) registers", out)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
-    return dict(registers=int(regs.group(1)) if regs else None,
-                spill_stores=int(spills.group(1)) if spills else None,
-                spill_loads=int(spills.group(2)) if spills else None)
+    report = dict(registers=int(regs.group(1)) if regs else None,
+                  spill_stores=int(spills.group(1)) if spills else None,
+                  spill_loads=int(spills.group(2)) if spills else None)
+    if listing is not None:
+        report["sass"] = listing
+    return report
+
+
+def per_chunk(sass: str, levels: int) -> int:
+    """Static estimate of the instructions one warp issues per chunk (see the module's notes): loops
+    are the spans from a label to a branch back to it."""
+    ins, labels, loops = [], {}, []
+    for text in sass.splitlines():
+        if label := re.match(r"\s*(\.L_x_\d+):", text):
+            labels[label.group(1)] = len(ins)
+        elif op := re.search(r"/\*[0-9a-f]{4,}\*/\s+(.*?);", text):
+            ins.append(op.group(1).strip())
+            target = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", ins[-1])
+            if target and labels.get(target.group(1), len(ins)) < len(ins) - 1:  # a branch back: a loop
+                loops.append((labels[target.group(1)], len(ins) - 1))
+    count = lambda a, b: sum(not t.startswith("NOP") for t in ins[a:b + 1])  # noqa: E731
+    outer = [(a, b) for a, b in loops if not any(c <= a and b <= d and (c, d) != (a, b) for c, d in loops)]
+    return sum(count(a, b) + (levels - 1) * sum(count(c, d) for c, d in loops if a < c and d < b)
+               for a, b in outer)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100/H200)")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="q/k/v dtype")
-    parser.add_argument("--chunks", nargs="+", type=int, default=[32])
-    parser.add_argument("--dot", default="tf32", help="operand precision for 16-bit inputs (CONFIG's dot)")
+    parser.add_argument("--chunks", nargs="+", type=int, default=None, help="chunk sizes (default: CONFIG's)")
+    parser.add_argument("--dot", default=None, help="operand precision for 16-bit inputs (default: CONFIG's dot)")
     parser.add_argument("--warps", nargs="+", type=int, default=[4, 8])
     parser.add_argument("--kernels", nargs="+", default=None,
                         help="only kernels whose name contains one of these texts (default: all)")
-    parser.add_argument("--maxnreg", type=int, default=0, help="register cap per thread (CONFIG's maxnreg; 0: none)")
-    parser.add_argument("--prefetch", type=int, default=None, choices=[0, 1],
-                        help="the sequential backward's PREFETCH (default: CONFIG's rule for --maxnreg)")
+    parser.add_argument("--bwds", nargs="+", default=None,
+                        help="only these sequential backwards (triton_chunk.BWDS; default: all)")
+    parser.add_argument("--maxnreg", "--maxnregs", dest="maxnreg", nargs="+", type=int, default=[0],
+                        help="register caps per thread (CONFIG's maxnreg; 0: none)")
+    parser.add_argument("--prefetch", nargs="+", type=int, default=None, choices=[0, 1],
+                        help="the sequential backward's PREFETCH (default: CONFIG's rule for each cap)")
+    parser.add_argument("--sass", action="store_true", help="also estimate the instructions per chunk and warp")
     parser.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter does not compile")
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
@@ -124,29 +172,48 @@ def main(argv=None):
         return 0
     from gladiff.ops.gla import triton_chunk as K
 
-    prefetch = (bool(args.prefetch) if args.prefetch is not None
-                else K.resolve_prefetch(K.CONFIG["prefetch"], args.maxnreg))
+    if args.bwds and (unknown := set(args.bwds) - set(K.BWDS)):
+        parser.error(f"--bwds: unknown {sorted(unknown)}; choices {K.BWDS}")
+    chunks, dot = args.chunks or [K.CONFIG["chunk"]], args.dot or K.CONFIG["dot"]
+    print(f"sm_{args.arch}{'a' if args.arch >= 90 else ''}, {args.dtype}, dot {dot}, stages {K.CONFIG['stages']}")
     rows = []
-    for chunk in args.chunks:
+    for chunk in chunks:
+        kernels = [k for k in _kernels(chunk, args.dtype == "fp32", dot)
+                   if (not args.kernels or any(text in k[0] for text in args.kernels))
+                   and (not args.bwds or k[1] is None or k[1] in args.bwds)]
         for warps in args.warps:
-            for name, fn, constants in _kernels(chunk, args.dtype == "fp32", args.dot, prefetch):
-                if args.kernels and not any(text in name for text in args.kernels):
-                    continue
-                src = ASTSource(fn=fn, signature=_signature(fn, constants, args.dtype), constexprs=constants)
-                try:
-                    compiled = triton_compile(src, target=GPUTarget("cuda", args.arch, 32),
-                                              options=dict(num_warps=warps, num_stages=2,
-                                                           **({"maxnreg": args.maxnreg} if args.maxnreg else {})))
-                    report = ptxas_report(compiled.asm["ptx"], args.arch)
-                except Exception as err:  # reported per kernel: one that fails to compile is a finding
-                    report = dict(error=f"{type(err).__name__}: {str(err)[:300]}")
-                rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=args.dot, arch=args.arch,
-                                 maxnreg=args.maxnreg, prefetch=prefetch, **report))
-                regs = report.get("registers")
-                progs = 65536 // (regs * 32 * warps) if regs else None
-                print(f"chunk {chunk:2d} warps {warps}  {name:30} " + (
-                    f"{regs:3d} registers, spills {report['spill_stores']}/{report['spill_loads']} B, "
-                    f"<= {progs} programs/SM" if regs else report.get("error", "?")), flush=True)
+            for cap in args.maxnreg:
+                prefetches = ([bool(p) for p in args.prefetch] if args.prefetch is not None
+                              else [K.resolve_prefetch(K.CONFIG["prefetch"], cap)])
+                for i, pf in enumerate(prefetches):
+                    for name, _, fn, constants, has_prefetch in kernels:
+                        if not has_prefetch and i:
+                            continue  # no PREFETCH flag: compiled once per cap
+                        constants = dict(constants, PREFETCH=pf) if has_prefetch else constants
+                        sig, attrs = _signature(fn, constants, args.dtype)
+                        src = ASTSource(fn=fn, signature=sig, constexprs=constants, attrs=attrs)
+                        options = dict(num_warps=warps, num_stages=K.CONFIG["stages"])
+                        if cap:
+                            options["maxnreg"] = cap
+                        try:
+                            compiled = triton_compile(src, target=GPUTarget("cuda", args.arch, 32), options=options)
+                            report = ptxas_report(compiled.asm["ptx"], args.arch, cap, args.sass)
+                        except Exception as err:  # reported per kernel: one that fails to compile is a finding
+                            report = dict(error=f"{type(err).__name__}: {str(err)[:300]}")
+                        if "sass" in report:
+                            report["instructions_per_chunk"] = per_chunk(report.pop("sass"), chunk.bit_length() - 1)
+                        rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=dot,
+                                         arch=args.arch, maxnreg=cap, prefetch=pf if has_prefetch else None,
+                                         **report))
+                        regs = report.get("registers")
+                        progs = 65536 // (regs * 32 * warps) if regs else None
+                        label = f"prefetch {int(pf) if has_prefetch else '-'}"
+                        line = (f"{regs:3d} registers, spills {report['spill_stores']}/{report['spill_loads']} B, "
+                                f"<= {progs} programs/SM" if regs else report.get("error", "?"))
+                        if "instructions_per_chunk" in report:
+                            line += f", ~{report['instructions_per_chunk']} instructions per chunk and warp"
+                        print(f"chunk {chunk:2d} warps {warps} maxnreg {cap:3d} {label}  {name:48} {line}",
+                              flush=True)
     if args.out:
         from gladiff.bench.common import write_json
         print(f"wrote {write_json(args.out, dict(kind='gla_triton_registers', rows=rows))}")
