@@ -101,8 +101,8 @@ def _config_from_env():
         key, _, value = item.partition("=")
         if key not in CONFIG:
             raise ValueError(f"GLADIFF_GLA_TRITON: unknown key {key!r}; keys: {sorted(CONFIG)}")
-        CONFIG[key] = (value if key in ("dot", "impl", "bwd") or (key, value) in (("maxnreg", "auto"), ("prefetch", "auto"))
-                       else int(value))
+        auto = (key, value) in (("maxnreg", "auto"), ("prefetch", "auto"))
+        CONFIG[key] = value if key in ("dot", "impl", "bwd") or auto else int(value)
     _check_config(CONFIG["chunk"], CONFIG["dot"])
     if CONFIG["impl"] not in IMPLS:
         raise ValueError(f"GLADIFF_GLA_TRITON: impl must be one of {IMPLS}, got {CONFIG['impl']!r}")
@@ -254,6 +254,13 @@ def _load_raw(base, rows, stride_t, offs, mask_t, mask_d):
     """``[BT, BD]`` tile of rows ``rows`` (int64) of a ``[T, d]`` view, zero outside, in its own dtype."""
     ptr = base + rows[:, None] * stride_t + offs[None, :]
     return tl.load(ptr, mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+
+
+@triton.jit
+def _load_kvg(k_base, v_base, g_base, rows, mt, skt, svt, sgt, offs_k, offs_v, mk, mv):
+    """The raw ``k, v, g`` tiles of one chunk (``_load_raw``: rows ``rows``, mask ``mt``)."""
+    return (_load_raw(k_base, rows, skt, offs_k, mt, mk), _load_raw(v_base, rows, svt, offs_v, mt, mv),
+            _load_raw(g_base, rows, sgt, offs_k, mt, mk))
 
 
 @triton.jit
@@ -441,15 +448,12 @@ def _chunk_states_kernel(
     # Prefetch as the forward does: each step loads the next chunk's tiles before its own product.
     rows, mt = _chunk_rows(t0 + offs_t, T, grid_h, grid_w, COL, REVERSE)
     mt = mt & (n_chunks > 1)
-    k_raw = _load_raw(k_base, rows, skt, offs_k, mt, mk)
-    v_raw = _load_raw(v_base, rows, svt, offs_v, mt, mv)
-    g_raw = _load_raw(g_base, rows, sgt, offs_k, mt, mk)
+    k_raw, v_raw, g_raw = _load_kvg(k_base, v_base, g_base, rows, mt, skt, svt, sgt, offs_k, offs_v, mk, mv)
     for c in range(1, n_chunks):  # the state after chunk c - 1 is the one before chunk c
         rows_n, mt_n = _chunk_rows(t0 + c * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         mt_n = mt_n & (c + 1 < n_chunks)
-        k_next = _load_raw(k_base, rows_n, skt, offs_k, mt_n, mk)
-        v_next = _load_raw(v_base, rows_n, svt, offs_v, mt_n, mv)
-        g_next = _load_raw(g_base, rows_n, sgt, offs_k, mt_n, mk)
+        k_next, v_next, g_next = _load_kvg(k_base, v_base, g_base, rows_n, mt_n, skt, svt, sgt,
+                                           offs_k, offs_v, mk, mv)
         g = _gates(g_raw)
         S = _advance_state(S, k_raw.to(tl.float32), v_raw.to(tl.float32), tl.cumsum(g, axis=0), tl.sum(g, axis=0),
                            PREC)
@@ -491,16 +495,13 @@ def _fwd_kernel(
     # (H200: -3 to -13% forward time, benchmarks/results/gla_triton_tune_H200_prefetch.json).
     rows, mt = _chunk_rows(t0 + offs_t, T, grid_h, grid_w, COL, REVERSE)
     q_raw = _load_raw(q_base, rows, sqt, offs_k, mt, mk)
-    k_raw = _load_raw(k_base, rows, skt, offs_k, mt, mk)
-    v_raw = _load_raw(v_base, rows, svt, offs_v, mt, mv)
-    g_raw = _load_raw(g_base, rows, sgt, offs_k, mt, mk)
+    k_raw, v_raw, g_raw = _load_kvg(k_base, v_base, g_base, rows, mt, skt, svt, sgt, offs_k, offs_v, mk, mv)
     for c in range(0, n_chunks):
         rows_n, mt_n = _chunk_rows(t0 + (c + 1) * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
         mt_n = mt_n & (c + 1 < n_chunks)
         q_next = _load_raw(q_base, rows_n, sqt, offs_k, mt_n, mk)
-        k_next = _load_raw(k_base, rows_n, skt, offs_k, mt_n, mk)
-        v_next = _load_raw(v_base, rows_n, svt, offs_v, mt_n, mv)
-        g_next = _load_raw(g_base, rows_n, sgt, offs_k, mt_n, mk)
+        k_next, v_next, g_next = _load_kvg(k_base, v_base, g_base, rows_n, mt_n, skt, svt, sgt,
+                                           offs_k, offs_v, mk, mv)
         q = q_raw.to(tl.float32) * scale
         k = k_raw.to(tl.float32)
         v = v_raw.to(tl.float32)
@@ -604,18 +605,15 @@ def _bwd_kernel(
             S = tl.zeros([BK, BV], dtype=tl.float32)
         if PREFETCH:  # the first chunk's tiles; each step loads the next chunk's before its own work
             rows, mt = _chunk_rows(t0 + offs_t, T, grid_h, grid_w, COL, REVERSE)
-            k_raw = _load_raw(k_base, rows, skt, offs_k, mt, mk)
-            v_raw = _load_raw(v_base, rows, svt, offs_v, mt, mv)
-            g_raw = _load_raw(g_base, rows, sgt, offs_k, mt, mk)
+            k_raw, v_raw, g_raw = _load_kvg(k_base, v_base, g_base, rows, mt, skt, svt, sgt, offs_k, offs_v, mk, mv)
             do_raw = _load_raw(do_base, rows, sdt, offs_v, mt, mv)
             q_raw = _load_raw(q_base, rows, sqt, offs_k, mt, mk)
         for c in range(0, n_chunks):
             if PREFETCH:
                 rows_n, mt_n = _chunk_rows(t0 + (c + 1) * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
                 mt_n = mt_n & (c + 1 < n_chunks)
-                k_next = _load_raw(k_base, rows_n, skt, offs_k, mt_n, mk)
-                v_next = _load_raw(v_base, rows_n, svt, offs_v, mt_n, mv)
-                g_next = _load_raw(g_base, rows_n, sgt, offs_k, mt_n, mk)
+                k_next, v_next, g_next = _load_kvg(k_base, v_base, g_base, rows_n, mt_n, skt, svt, sgt,
+                                                   offs_k, offs_v, mk, mv)
                 do_next = _load_raw(do_base, rows_n, sdt, offs_v, mt_n, mv)
                 q_next = _load_raw(q_base, rows_n, sqt, offs_k, mt_n, mk)
                 k = k_raw.to(tl.float32)
@@ -670,9 +668,7 @@ def _bwd_kernel(
         if PREFETCH:  # the last chunk's tiles; each step loads the previous chunk's before its own work
             rows, mt = _chunk_rows(t0 + (n_chunks - 1) * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
             q_raw = _load_raw(q_base, rows, sqt, offs_k, mt, mk)
-            k_raw = _load_raw(k_base, rows, skt, offs_k, mt, mk)
-            v_raw = _load_raw(v_base, rows, svt, offs_v, mt, mv)
-            g_raw = _load_raw(g_base, rows, sgt, offs_k, mt, mk)
+            k_raw, v_raw, g_raw = _load_kvg(k_base, v_base, g_base, rows, mt, skt, svt, sgt, offs_k, offs_v, mk, mv)
             do_raw = _load_raw(do_base, rows, sdt, offs_v, mt, mv)
             if DQ_PASS:
                 x_raw = _load_raw(dg_base, rows, sdk, offs_k, mt, mk)
@@ -682,9 +678,8 @@ def _bwd_kernel(
                 rows_n, mt_n = _chunk_rows(t0 + (c - 1) * BT + offs_t, T, grid_h, grid_w, COL, REVERSE)
                 mt_n = mt_n & (c >= 1)
                 q_next = _load_raw(q_base, rows_n, sqt, offs_k, mt_n, mk)
-                k_next = _load_raw(k_base, rows_n, skt, offs_k, mt_n, mk)
-                v_next = _load_raw(v_base, rows_n, svt, offs_v, mt_n, mv)
-                g_next = _load_raw(g_base, rows_n, sgt, offs_k, mt_n, mk)
+                k_next, v_next, g_next = _load_kvg(k_base, v_base, g_base, rows_n, mt_n, skt, svt, sgt,
+                                                   offs_k, offs_v, mk, mv)
                 do_next = _load_raw(do_base, rows_n, sdt, offs_v, mt_n, mv)
                 q = q_raw.to(tl.float32) * scale
                 k = k_raw.to(tl.float32)

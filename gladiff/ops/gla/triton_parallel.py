@@ -36,10 +36,11 @@ Design (why it looks the way it does):
 * **Gate gradient** per chunk: ``dg = reverse-cumsum(q*dq - k*dk) + sum_v S_end * dS_end``, the
   second term being the contribution of all later chunks; formed in float32 from float32 ``dq``.
 * **Registers.** The gradient kernel computes the state terms first, then ``dq`` and then the scores
-  and ``dk`` in two passes over the tree levels (the helpers the sequential backward uses), which
-  ptxas (sm_90, 4 warps) rates at 255 registers with ~200 B of spills, against 528 B for the
-  sequential backward; the output and chunk-state kernels use 80-153 registers, the scan 255
-  (it runs few programs), none of them spilling (``benchmarks/gla_triton_registers.py``).
+  and ``dk`` in two passes over the tree levels (the helpers the sequential backward uses). ptxas
+  (sm_90a, 4 warps, bf16 inputs, ``bf16-scores``, with the launches' divisibility hints) rates it at
+  254 registers without spills; the output and chunk-state kernels use 56-93 registers, the scan 244
+  (it runs few programs), none of them spilling (``benchmarks/gla_triton_registers.py``; the earlier
+  counts of 255 / ~200 B and 80-153 were taken without the hints and with tf32 operands).
 
 Launches: forward 3 (chunk states, scan, outputs); backward 3 (chunk states and state gradients,
 both scans in one launch, chunk gradients).
