@@ -308,14 +308,16 @@ def _level(b, offs_t, sh, BT: tl.constexpr, BK: tl.constexpr):
     """One level of the chunk's binary tree: blocks of ``2**sh`` tokens whose second half queries
     their first half. With ``r`` the last token of the first half, ``exp(b_t - b_s)`` splits into a
     query factor ``exp(b_t - b_r)`` (second-half rows, else 0) and a key factor ``exp(b_r - b_s)``
-    (first-half rows, else 0); both exponents are <= 0 and are masked before the exponential.
+    (first-half rows, else 0); both exponents are <= 0. Every row is in one half, so one exponential
+    per element serves both factors (the exponent chosen per row before it, so it stays <= 0).
     Returns the two ``[BT, BK]`` factors and the ``[BT, BT]`` mask of pairs inside one block."""
     half = 1 << (sh - 1)
     ref = ((offs_t >> sh) << sh) + (half - 1)
     b_ref = tl.gather(b, tl.broadcast_to(ref[:, None], (BT, BK)), axis=0)
-    second = (offs_t & half) != 0
-    q_decay = tl.exp(tl.where(second[:, None], b - b_ref, float("-inf")))
-    k_decay = tl.exp(tl.where(second[:, None], float("-inf"), b_ref - b))
+    second = ((offs_t & half) != 0)[:, None]
+    decay = tl.exp(tl.where(second, b - b_ref, b_ref - b))
+    q_decay = tl.where(second, decay, 0.0)
+    k_decay = tl.where(second, 0.0, decay)
     same = (offs_t[:, None] >> sh) == (offs_t[None, :] >> sh)
     return q_decay, k_decay, same
 
