@@ -6,7 +6,7 @@ is a quick check of a kernel change before GPU time is spent on it. DiG's head s
 
     python benchmarks/gla_triton_registers.py [--arch 90] [--dtype bf16] [--dot bf16-scores] [--chunks 32] \\
         [--warps 4 8] [--kernels sequential] [--bwds fused split onepass] [--maxnreg 0 168] [--prefetch 0 1] \\
-        [--sass] [--out benchmarks/results/gla_triton_registers.json]
+        [--sass] [--lines 15] [--out benchmarks/results/gla_triton_registers.json]
 
 Kernels: the sequential forward and backward (``triton_chunk``) and the parallel ones
 (``triton_parallel``), each with and without segments where it has them. Each sequential backward as
@@ -21,7 +21,11 @@ instead of 124 registers for ``_chunk_states_kernel``).
 ``--sass`` adds a static estimate of the instructions each warp issues per chunk (the backward is
 bound by issued instructions, Nsight Compute): ``nvdisasm``'s SASS, every outermost loop's body
 (a chunk loop) plus ``LOG2_BT - 1`` more times each loop inside it (the tree levels). Branches inside
-a body count as taken, so it is a proxy for comparing variants, not a measurement.
+a body count as taken, so it is a proxy for comparing variants, not a measurement. ``--lines N``
+also spreads that count over the source lines the instructions come from (ptxas ``-lineinfo``,
+``nvdisasm -g``; a helper's line where it was inlined) and prints the N heaviest: where a change to a
+kernel would save instructions. Its opcode mix matched Nsight Compute's dynamic one on the H200
+(fused backward: FMUL, IMAD, FADD, LDS lead both).
 """
 from __future__ import annotations
 
@@ -109,11 +113,11 @@ def ptxas_report(ptx: str, arch: int, maxnreg: int = 0, sass: bool = False) -> d
         src, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
         src.write_text(ptx)
         suffix = "a" if arch >= 90 else ""
-        cmd = [str(ptxas), f"-arch=sm_{arch}{suffix}", "-v", str(src), "-o", str(cubin)]
+        cmd = [str(ptxas), f"-arch=sm_{arch}{suffix}", "-v", "-lineinfo", str(src), "-o", str(cubin)]
         if maxnreg:
             cmd.insert(1, f"-maxrregcount={maxnreg}")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-        listing = (subprocess.run([str(ptxas.parent / "nvdisasm"), "-c", str(cubin)], capture_output=True,
+        listing = (subprocess.run([str(ptxas.parent / "nvdisasm"), "-c", "-g", str(cubin)], capture_output=True,
                                   text=True, check=True).stdout if sass else None)
     regs = re.search(r"Used (\d+) registers", out)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
@@ -125,22 +129,50 @@ def ptxas_report(ptx: str, arch: int, maxnreg: int = 0, sass: bool = False) -> d
     return report
 
 
-def per_chunk(sass: str, levels: int) -> int:
-    """Static estimate of the instructions one warp issues per chunk (see the module's notes): loops
-    are the spans from a label to a branch back to it."""
-    ins, labels, loops = [], {}, []
+def chunk_weights(sass: str, levels: int) -> list[tuple[str, tuple[str, int] | None, int]]:
+    """``(instruction, (file, line) or None, weight)`` for every instruction of the listing: how many
+    times one warp issues it per chunk by the static estimate (see the module's notes): 1 inside an
+    outermost loop (the chunk loop), ``levels`` inside a loop within it (the tree), 0 outside loops
+    and for ``NOP``. Loops are the spans from a label to a branch back to it."""
+    ins, labels, loops, line = [], {}, [], None
     for text in sass.splitlines():
-        if label := re.match(r"\s*(\.L_x_\d+):", text):
+        if where := re.search(r'//## File "([^"]+)", line (\d+)', text):
+            line = (Path(where.group(1)).name, int(where.group(2)))
+        elif label := re.match(r"\s*(\.L_x_\d+):", text):
             labels[label.group(1)] = len(ins)
         elif op := re.search(r"/\*[0-9a-f]{4,}\*/\s+(.*?);", text):
-            ins.append(op.group(1).strip())
-            target = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", ins[-1])
+            ins.append((op.group(1).strip(), line))
+            target = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", ins[-1][0])
             if target and labels.get(target.group(1), len(ins)) < len(ins) - 1:  # a branch back: a loop
                 loops.append((labels[target.group(1)], len(ins) - 1))
-    count = lambda a, b: sum(not t.startswith("NOP") for t in ins[a:b + 1])  # noqa: E731
-    outer = [(a, b) for a, b in loops if not any(c <= a and b <= d and (c, d) != (a, b) for c, d in loops)]
-    return sum(count(a, b) + (levels - 1) * sum(count(c, d) for c, d in loops if a < c and d < b)
-               for a, b in outer)
+    weight = [0] * len(ins)
+    for a, b in loops:
+        outer = not any(c <= a and b <= d and (c, d) != (a, b) for c, d in loops)
+        for i in range(a, b + 1):
+            weight[i] = max(weight[i], 1 if outer else levels)
+    return [(op, where, 0 if op.startswith("NOP") else w) for (op, where), w in zip(ins, weight)]
+
+
+def per_chunk(sass: str, levels: int) -> int:
+    """Static estimate of the instructions one warp issues per chunk (``chunk_weights`` summed)."""
+    return sum(w for _, _, w in chunk_weights(sass, levels))
+
+
+def heaviest_lines(sass: str, levels: int, n: int) -> list[tuple[int, str]]:
+    """The ``n`` source lines with the most instructions per chunk: ``(count, "file:line  text")``."""
+    counts = {}
+    for _, where, w in chunk_weights(sass, levels):
+        if w:
+            counts[where] = counts.get(where, 0) + w
+    ops = Path(__file__).resolve().parents[1] / "gladiff" / "ops"
+    out = []
+    for where, count in sorted(counts.items(), key=lambda kv: -kv[1])[:n]:
+        text = ""
+        if where and (path := next(ops.rglob(where[0]), None)):
+            lines = path.read_text().splitlines()
+            text = lines[where[1] - 1].strip() if where[1] <= len(lines) else ""
+        out.append((count, f"{where[0]}:{where[1]}  {text}" if where else "(no line)"))
+    return out
 
 
 def main(argv=None):
@@ -159,6 +191,8 @@ def main(argv=None):
     parser.add_argument("--prefetch", nargs="+", type=int, default=None, choices=[0, 1],
                         help="the sequential backward's PREFETCH (default: CONFIG's rule for each cap)")
     parser.add_argument("--sass", action="store_true", help="also estimate the instructions per chunk and warp")
+    parser.add_argument("--lines", type=int, default=0, metavar="N",
+                        help="with the estimate, print the N source lines with the most instructions per chunk")
     parser.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -197,11 +231,16 @@ def main(argv=None):
                             options["maxnreg"] = cap
                         try:
                             compiled = triton_compile(src, target=GPUTarget("cuda", args.arch, 32), options=options)
-                            report = ptxas_report(compiled.asm["ptx"], args.arch, cap, args.sass)
+                            report = ptxas_report(compiled.asm["ptx"], args.arch, cap, args.sass or args.lines > 0)
                         except Exception as err:  # reported per kernel: one that fails to compile is a finding
                             report = dict(error=f"{type(err).__name__}: {str(err)[:300]}")
+                        heavy = []
                         if "sass" in report:
-                            report["instructions_per_chunk"] = per_chunk(report.pop("sass"), chunk.bit_length() - 1)
+                            sass = report.pop("sass")
+                            report["instructions_per_chunk"] = per_chunk(sass, chunk.bit_length() - 1)
+                            heavy = heaviest_lines(sass, chunk.bit_length() - 1, args.lines) if args.lines else []
+                            if heavy:
+                                report["heaviest_lines"] = [dict(instructions=c, line=t) for c, t in heavy]
                         rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=dot,
                                          arch=args.arch, maxnreg=cap, prefetch=pf if has_prefetch else None,
                                          **report))
@@ -214,6 +253,8 @@ def main(argv=None):
                             line += f", ~{report['instructions_per_chunk']} instructions per chunk and warp"
                         print(f"chunk {chunk:2d} warps {warps} maxnreg {cap:3d} {label}  {name:48} {line}",
                               flush=True)
+                        for count, text in heavy:
+                            print(f"    {count:5d} {100 * count / report['instructions_per_chunk']:5.1f}%  {text[:100]}")
     if args.out:
         from gladiff.bench.common import write_json
         print(f"wrote {write_json(args.out, dict(kind='gla_triton_registers', rows=rows))}")
