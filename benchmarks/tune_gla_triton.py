@@ -59,13 +59,14 @@ def main(argv=None):
         return 0
     rows = []
     pairs = [(int(c.split(":")[0]), c.split(":")[1]) for c in args.configs]
-    # (impl, chunk, warps, dot, segment, bwd, maxnreg); the parallel kernels have no segments, bwd
-    # choice or register cap here.
+    # (impl, chunk, warps, dot, segment, bwd, maxnreg, prefetch); the parallel kernels have no
+    # segments, bwd choice, register cap or prefetch here.
     configs = [(impl, chunk, warps, dot, seg, bwd, cap, pf)
                for impl, (chunk, dot), warps, seg, bwd, cap, pf in itertools.product(
                    args.impls, pairs, args.warps, args.segments, args.bwds, args.maxnregs, args.prefetch)
                if impl == "sequential" or (seg == 0 and bwd == args.bwds[0] and cap == args.maxnregs[0]
                                            and pf == args.prefetch[0])]
+    configured_prefetch = K.CONFIG["prefetch"]  # each configuration below sets its own
     for B, H, T in shapes:
         q = torch.randn(B, T, H, 32, device="cuda", dtype=torch.bfloat16)
         k = torch.randn_like(q)
@@ -74,6 +75,7 @@ def main(argv=None):
         do = torch.randn_like(v)
         side = int(T ** 0.5)
         args_ = (q, k, v, g)
+        K.CONFIG["prefetch"] = configured_prefetch  # the reference: the configured kernels
         o_ref, s0, gs = K.gla_fwd(*args_, 32 ** -0.5, True, True, side, side)
         ref = [o_ref, *K.gla_bwd(*args_, do, s0, gs, 32 ** -0.5, True, True, side, side, bwd="fused")]
         for impl, chunk, warps, dot, seg, bwd, cap, pf in configs:
@@ -106,6 +108,7 @@ def main(argv=None):
             print(f"{str((B, H, T)):15} {impl:10} chunk {chunk:3d} w{warps} {dot:11} seg {seg_len:5d}x{nseg:<4d} "
                   f"bwd {bwd:5} maxnreg {cap:3d} prefetch {pf}: "
                   f"fwd {fwd_ms:.3f} bwd {bwd_ms:.3f} total {fwd_ms + bwd_ms:.3f} ms  diff {diff:.1e}", flush=True)
+    K.CONFIG["prefetch"] = configured_prefetch
     # Best configuration overall: geometric mean over shapes of time / best time for that shape.
     best_per_shape = {}
     for r in rows:
