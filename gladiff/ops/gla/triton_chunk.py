@@ -69,7 +69,8 @@ from .._triton import fix_interpreter_index
 # scan), and the sequential implementation's backward ("fused": one kernel walks each segment
 # forwards for dq, then backwards for dk/dv/dg; "split": the two walks as two lighter launches;
 # "onepass": a kernel stores every chunk's start state, then one backwards walk computes all four;
-# untimed, prepared for the next GPU sweep).
+# fwd+bwd -2 to -4% at three of DiG's four shapes, +2% at (32,18,256) under the cap, for an extra
+# launch and a transient state buffer, so not the default: gla_triton_tune_H200_onepass.json).
 # GLADIFF_GLA_TRITON="chunk=32,warps=4,stages=2,dot=bf16,impl=parallel,bwd=split" overrides it.
 # The default is the fastest configuration of the H200 sweep that passes the bf16 GPU check
 # (benchmarks/results/gla_triton_tune_H200_parallel.json, gla_gpu_check_H200_bf16scores.json);
