@@ -2,11 +2,13 @@
 (no GPU needed): each kernel is compiled with Triton's ahead-of-time API to PTX and assembled by the
 ``ptxas`` that ships with Triton, whose ``-v`` report gives registers per thread and spill bytes.
 Registers bound how many programs share a multiprocessor (65536 registers each on H100/H200), so this
-is a quick check of a kernel change before GPU time is spent on it. DiG's head sizes (dk 32, dv 64).
+is a quick check of a kernel change before GPU time is spent on it. DiG's head sizes (dk 32, dv 64;
+``--dv`` compiles another value head size, e.g. 32: what a split of the value dimension over two
+programs would leave each).
 
     python benchmarks/gla_triton_registers.py [--arch 90] [--dtype bf16] [--dot bf16-scores] [--chunks 32] \\
         [--warps 4 8] [--kernels sequential] [--bwds fused split onepass] [--maxnreg 0 168] [--prefetch 0 1] \\
-        [--sass] [--lines 15] [--out benchmarks/results/gla_triton_registers.json]
+        [--dv 64] [--sass] [--lines 15] [--out benchmarks/results/gla_triton_registers.json]
 
 Kernels: the sequential forward and backward (``triton_chunk``) and the parallel ones
 (``triton_parallel``), each with and without segments where it has them. Each sequential backward as
@@ -48,7 +50,7 @@ SPLIT_DKV = dict(DQ_PASS=False, DKV_PASS=True, ONEPASS=False)
 ONEPASS = dict(DQ_PASS=False, DKV_PASS=True, ONEPASS=True)  # gla_bwd(bwd="onepass"), after the chunk states
 
 
-def _kernels(chunk: int, full: bool, dot: str):
+def _kernels(chunk: int, full: bool, dot: str, dv: int = 64):
     """(name, backward variant or None, jit function, compile-time constants, takes PREFETCH) of every
     kernel, as ``gla_fwd``/``gla_bwd`` launch them."""
     import torch
@@ -58,7 +60,7 @@ def _kernels(chunk: int, full: bool, dot: str):
 
     # The constants gla_fwd/gla_bwd would pass (their _settings, on stand-in tensors of the dtype).
     dtype = torch.float32 if full else torch.bfloat16
-    _, meta, _, main = K._settings(torch.empty(1, 1, 1, 32, dtype=dtype), torch.empty(1, 1, 1, 64, dtype=dtype),
+    _, meta, _, main = K._settings(torch.empty(1, 1, 1, 32, dtype=dtype), torch.empty(1, 1, 1, dv, dtype=dtype),
                                    chunk, None, None, dot)
     rows = [
         ("sequential fwd", None, K._fwd_kernel, dict(meta, **main, MULTI_SEG=False), False),
@@ -80,7 +82,7 @@ def _kernels(chunk: int, full: bool, dot: str):
     return rows + [
         ("parallel chunk states (fwd)", None, P._chunk_state_kernel, dict(meta, WITH_GRAD=False), False),
         ("parallel chunk states (bwd)", None, P._chunk_state_kernel, dict(meta, WITH_GRAD=True), False),
-        ("parallel state scan", None, P._state_scan_kernel, dict(BK=32, BV=64, NB=P.SCAN_BLOCK), False),
+        ("parallel state scan", None, P._state_scan_kernel, dict(BK=32, BV=dv, NB=P.SCAN_BLOCK), False),
         ("parallel outputs", None, P._output_kernel, dict(meta, **main), False),
         ("parallel gradients", None, P._grad_kernel, dict(meta, **main), False),
     ]
@@ -190,6 +192,7 @@ def main(argv=None):
                         help="register caps per thread (CONFIG's maxnreg; 0: none)")
     parser.add_argument("--prefetch", nargs="+", type=int, default=None, choices=[0, 1],
                         help="the sequential backward's PREFETCH (default: CONFIG's rule for each cap)")
+    parser.add_argument("--dv", type=int, default=64, help="value head size (DiG: 64; a power of two >= 16)")
     parser.add_argument("--sass", action="store_true", help="also estimate the instructions per chunk and warp")
     parser.add_argument("--lines", type=int, default=0, metavar="N",
                         help="with the estimate, print the N source lines with the most instructions per chunk")
@@ -206,13 +209,15 @@ def main(argv=None):
         return 0
     from gladiff.ops.gla import triton_chunk as K
 
+    if args.dv < 16 or args.dv & (args.dv - 1):
+        parser.error(f"--dv must be a power of two >= 16, got {args.dv}")
     if args.bwds and (unknown := set(args.bwds) - set(K.BWDS)):
         parser.error(f"--bwds: unknown {sorted(unknown)}; choices {K.BWDS}")
     chunks, dot = args.chunks or [K.CONFIG["chunk"]], args.dot or K.CONFIG["dot"]
-    print(f"sm_{args.arch}{'a' if args.arch >= 90 else ''}, {args.dtype}, dot {dot}, stages {K.CONFIG['stages']}")
+    print(f"sm_{args.arch}{'a' if args.arch >= 90 else ''}, {args.dtype}, dot {dot}, stages {K.CONFIG['stages']}, dv {args.dv}")
     rows = []
     for chunk in chunks:
-        kernels = [k for k in _kernels(chunk, args.dtype == "fp32", dot)
+        kernels = [k for k in _kernels(chunk, args.dtype == "fp32", dot, args.dv)
                    if (not args.kernels or any(text in k[0] for text in args.kernels))
                    and (not args.bwds or k[1] is None or k[1] in args.bwds)]
         for warps in args.warps:
@@ -241,7 +246,7 @@ def main(argv=None):
                             heavy = heaviest_lines(sass, chunk.bit_length() - 1, args.lines) if args.lines else []
                             if heavy:
                                 report["heaviest_lines"] = [dict(instructions=c, line=t) for c, t in heavy]
-                        rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=dot,
+                        rows.append(dict(kernel=name, chunk=chunk, warps=warps, dtype=args.dtype, dot=dot, dv=args.dv,
                                          arch=args.arch, maxnreg=cap, prefetch=pf if has_prefetch else None,
                                          **report))
                         regs = report.get("registers")
@@ -256,8 +261,12 @@ def main(argv=None):
                         for count, text in heavy:
                             print(f"    {count:5d} {100 * count / report['instructions_per_chunk']:5.1f}%  {text[:100]}")
     if args.out:
-        from gladiff.bench.common import write_json
-        print(f"wrote {write_json(args.out, dict(kind='gla_triton_registers', rows=rows))}")
+        import triton
+
+        from gladiff.bench.common import command_line, write_json
+        meta = dict(kind="gla_triton_registers", command=command_line(), triton=triton.__version__,
+                    target=f"sm_{args.arch}", ptxas="the one in Triton's wheel")
+        print(f"wrote {write_json(args.out, dict(meta, rows=rows))}")
     return 0
 
 
