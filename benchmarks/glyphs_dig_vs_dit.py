@@ -409,6 +409,9 @@ def main(argv=None) -> int:
                     "device"):
             setattr(args, key, SMOKE[key])
         args.sample_steps = SMOKE["sample_steps"]
+    if args.max_steps == 1 or args.max_steps < 0:
+        # the first step (compilation, the loader's start) is off the clock, so a run times steps 2, 3, ...
+        raise SystemExit(f"--max-steps must be 0 (none) or at least 2, got {args.max_steps}")
     if not (args.minutes > 0 or args.max_steps > 0):
         raise SystemExit("give a budget: --minutes > 0 or --max-steps > 0")
     run(args)

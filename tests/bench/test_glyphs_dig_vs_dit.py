@@ -101,3 +101,14 @@ def test_smoke_runs_both_models_then_plots(cmp, tmp_path, capsys, one_torch_thre
     assert (out / "glyphs_dig_vs_dit_16px.png").stat().st_size > 0
     text = capsys.readouterr().out
     assert "| DiG-smoke | 0 | end | 6 |" in text and "| DiT-smoke | 0 | end | 6 |" in text
+
+
+@pytest.mark.parametrize("steps", ["1", "-3"])
+def test_a_run_of_fewer_than_two_steps_is_refused(cmp, tmp_path, steps):
+    """The first step is off the clock (compilation, the loader's start): --max-steps 1 used to train a
+    second step past its limit."""
+    with pytest.raises(SystemExit, match="--max-steps must be 0"):
+        cmp.main(["run", "--max-steps", steps, "--minutes", "0", "--out-dir", str(tmp_path), "--image-size", "16",
+                  "--batch-size", "2", "--device", "cpu", "--compile", "none", "--per-class", "1", "--sample-steps", "1",
+                  "--eval-every", "0"])  # small and quick should the check ever let it run
+    assert not list(tmp_path.iterdir())
