@@ -14,6 +14,7 @@ The process group is joined once and left at the end: ``train`` leaves it after 
 joining the default group again in the same processes can pass on one rank with the previous
 group's rendezvous keys while the other still waits (a hang), so leaving is deferred here.
 """
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -27,6 +28,10 @@ from gladiff.train.build import build_model  # noqa: E402
 from tests.train.standins import CountingBackend, NoNoise, TinyDigits, TinyEps  # noqa: E402
 
 if __name__ == "__main__":
+    # A rank that aborts in C++ (seen once: "terminate called without an active exception" in the second
+    # launch of test_scale_out.py, not reproduced) prints every thread's Python stack to stderr, which
+    # the test's failure message shows.
+    faulthandler.enable(all_threads=True)
     torch.set_num_threads(1)
     dist = parallel.init_distributed("cpu")
     leave = parallel.shutdown
