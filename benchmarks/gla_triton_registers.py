@@ -261,11 +261,9 @@ def main(argv=None):
                         for count, text in heavy:
                             print(f"    {count:5d} {100 * count / report['instructions_per_chunk']:5.1f}%  {text[:100]}")
     if args.out:
-        import triton
-
-        from gladiff.bench.common import command_line, write_json
-        meta = dict(kind="gla_triton_registers", command=command_line(), triton=triton.__version__,
-                    target=f"sm_{args.arch}", ptxas="the one in Triton's wheel")
+        from gladiff.bench.common import environment, write_json
+        meta = dict(environment(), kind="gla_triton_registers", target=f"sm_{args.arch}",
+                    ptxas="the one in Triton's wheel")  # compiled, not run: no card
         print(f"wrote {write_json(args.out, dict(meta, rows=rows))}")
     return 0
 
