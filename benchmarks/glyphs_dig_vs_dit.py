@@ -25,7 +25,7 @@ guidance, sampling seed 0) and compares them with 2 x 490 real renders.
 A run writes ``OUT_DIR/<size>px_<label>_seed<seed>.json`` after every evaluation (so an interrupted
 run keeps its points): card, versions, the exact command, the resolved recipe, and per evaluation the
 training wall seconds, GPU seconds (CUDA events around the training segments), step, images seen,
-mean loss since the previous point and the glyph check's numbers; and ``<...>.png``, the last
+mean loss since the previous point and the glyph check's numbers; and ``<...>.jpg``, the last
 evaluation's samples (4 per class, one class per column).
 """
 from __future__ import annotations
@@ -259,10 +259,10 @@ def run(args) -> dict:
         clock.start()
     del batches  # stop the loader workers
     k = info["num_classes"]
-    save_grid(out_dir / f"{stem}.png", images[:4 * k], nrow=k, scale=max(1, 32 // args.image_size))
+    save_grid(out_dir / f"{stem}.jpg", images[:4 * k], nrow=k, scale=max(1, 32 // args.image_size))
     payload.update(done=True, total_wall_seconds=round(time.perf_counter() - t_start, 1))
     write_json(json_path, payload)
-    print(f"wrote {json_path} and {stem}.png ({payload['total_wall_seconds']:.0f} s in all)")
+    print(f"wrote {json_path} and {stem}.jpg ({payload['total_wall_seconds']:.0f} s in all)")
     return payload
 
 
@@ -285,8 +285,10 @@ def at_or_before(points: list[dict], key, limit: float) -> dict | None:
 
 
 def table(runs: list[dict]) -> str:
-    """Markdown: per size, every run's last point, then all runs at the largest GPU time and the
-    largest step count they all reached (their last evaluation at or before it)."""
+    """Markdown: per size, every run's last point, then all runs at the largest GPU time they all
+    reached and at equal steps: the largest step every run was evaluated at (``--eval-every-steps``
+    puts them on a common grid), else the largest step count they all reached; each run's last
+    evaluation at or within 1% past it."""
     lines = []
     for size in sorted({r["image_size"] for r in runs}):
         rs = [r for r in runs if r["image_size"] == size]
@@ -294,10 +296,11 @@ def table(runs: list[dict]) -> str:
                   "| run | seed | at | step | GPU min | img/s | accuracy | FD (floor) | precision | recall |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         t_common = min(gpu_minutes(r["points"][-1]) for r in rs)
-        s_common = min(r["points"][-1]["step"] for r in rs)
+        shared = set.intersection(*({p["step"] for p in r["points"]} for r in rs))
+        s_common = max(shared) if shared else min(r["points"][-1]["step"] for r in rs)
         for what, pick in (("end", lambda r: r["points"][-1]),
-                           (f"GPU <= {t_common:.1f} min", lambda r: at_or_before(r["points"], gpu_minutes, t_common)),
-                           (f"step <= {s_common}", lambda r: at_or_before(r["points"], lambda p: p["step"], s_common))):
+                           (f"GPU {t_common:.1f} min", lambda r: at_or_before(r["points"], gpu_minutes, t_common)),
+                           (f"step {s_common}", lambda r: at_or_before(r["points"], lambda p: p["step"], s_common))):
             for r in rs:
                 p = pick(r)
                 if p is None:

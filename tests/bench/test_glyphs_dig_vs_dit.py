@@ -96,7 +96,7 @@ def test_smoke_runs_both_models_then_plots(cmp, tmp_path, capsys, one_torch_thre
             assert p["images_seen"] == 8 * p["step"] and p["loss"] > 0
             assert {"accuracy", "fd", "fd_real_halves", "precision", "recall", "n"} <= set(p)
             assert p["n"] == 2 * 49 and p["n_reference"] == 2 * 49
-        assert (out / f"16px_{kind}-smoke_seed0.png").stat().st_size > 0
+        assert (out / f"16px_{kind}-smoke_seed0.jpg").stat().st_size > 0
     assert cmp.main(["plot", "--dir", str(out)]) == 0
     assert (out / "glyphs_dig_vs_dit_16px.png").stat().st_size > 0
     text = capsys.readouterr().out

@@ -59,6 +59,17 @@ def test_grid_places_image_i_at_row_i_div_nrow(tmp_path):
     assert saved.shape == ((3 * 4 + 2) * 2, (2 * 5 + 2) * 2)  # default padding 2, enlarged twice
 
 
+def test_save_grid_picks_the_format_from_the_suffix(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    png, jpg = save_grid(tmp_path / "g.png", images), save_grid(tmp_path / "g.jpg", images)
+    with Image.open(png) as a, Image.open(jpg) as b:
+        assert (a.format, b.format) == ("PNG", "JPEG")
+        assert np.array_equal(np.asarray(a), make_grid(images))  # PNG is lossless
+        assert np.abs(np.asarray(b).astype(int) - make_grid(images)).mean() < 40  # JPEG: close, not exact
+
+
 def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     """The rename onto a folder of the output's name fails after the temporary file was written."""
     images, labels = np.zeros((2, 4, 4, 3), np.uint8), np.arange(2)
