@@ -13,10 +13,10 @@ evaluation samples 10 per class (490 images) with a fixed sampler and seed (Eule
 guidance, sampling seed 0) and compares them with 2 x 490 real renders.
 
     # one H200, one run per call (each under ~9 minutes; commands in docs/eval.md)
-    python benchmarks/glyphs_dig_vs_dit.py run --model DiG --image-size 64 --minutes 6 --eval-every 60 --seed 0 --out-dir $OUT
+    python benchmarks/glyphs_dig_vs_dit.py run --model DiG --image-size 64 --minutes 5.5 --eval-every 60 --eval-every-steps 500 --seed 0 --out-dir $OUT
     # the SREM ablation at equal steps: same recipe, DiG options, evaluations at fixed steps
-    python benchmarks/glyphs_dig_vs_dit.py run --model DiG --image-size 64 --max-steps 3000 --minutes 0 \\
-        --eval-every 0 --eval-every-steps 1000 --model-opt scan_schedule=flip --out-dir $OUT
+    python benchmarks/glyphs_dig_vs_dit.py run --model DiG --image-size 64 --max-steps 2500 --minutes 7 \\
+        --eval-every 0 --eval-every-steps 500 --model-opt scan_schedule=flip --out-dir $OUT
     # quality against GPU time and against steps, one figure per resolution, and a Markdown table
     python benchmarks/glyphs_dig_vs_dit.py plot --dir benchmarks/results/glyphs_dig_vs_dit
     # CPU smoke test (seconds): tiny models, 16 px, a few steps
@@ -284,36 +284,106 @@ def at_or_before(points: list[dict], key, limit: float) -> dict | None:
     return inside[-1] if inside else None
 
 
+def ablation_opts(run: dict) -> dict:
+    """The DiG options a run set beyond the zoo model (``{}`` for the DiG vs DiT runs; the smoke
+    sizes do not count)."""
+    smoke = SMOKE["model_opts"] if run.get("smoke") else {}
+    return {k: v for k, v in run.get("model_opts", {}).items() if k not in smoke}
+
+
+def common_step(runs: list[dict]) -> int:
+    """The largest step every run was evaluated at (``--eval-every-steps`` puts them on a common
+    grid), else the largest step count all of them reached."""
+    shared = set.intersection(*({p["step"] for p in r["points"]} for r in runs))
+    return max(shared) if shared else min(r["points"][-1]["step"] for r in runs)
+
+
+def plain_first(runs: list[dict]) -> list[dict]:
+    """``runs`` with the model as the zoo defines it first, then the ablations by label."""
+    return sorted(runs, key=lambda r: (bool(ablation_opts(r)), r["label"], r["seed"]))
+
+
+def _row(cells: list) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _scores(p: dict) -> list[str]:
+    return [f"{100 * p['accuracy']:.1f}%", f"{p['fd']:.2f} ({p['fd_real_halves']:.2f})", f"{p['precision']:.3f}",
+            f"{p['recall']:.3f}"]
+
+
 def table(runs: list[dict]) -> str:
-    """Markdown: per size, every run's last point, then all runs at the largest GPU time they all
-    reached and at equal steps: the largest step every run was evaluated at (``--eval-every-steps``
-    puts them on a common grid), else the largest step count they all reached; each run's last
-    evaluation at or within 1% past it."""
+    """Markdown. Per size, the DiG vs DiT runs: each run's last point, then all of them at the largest
+    GPU time they all reached and at ``common_step`` (each run's last evaluation at or within 1% past
+    it). Then, per size with ablation runs (DiG with ``--model-opt``), the SREM ablation: every DiG
+    run of that size, the plain one included, at their ``common_step``."""
     lines = []
     for size in sorted({r["image_size"] for r in runs}):
-        rs = [r for r in runs if r["image_size"] == size]
-        lines += [f"\n### {size} px ({rs[0]['tokens']} tokens)\n",
-                  "| run | seed | at | step | GPU min | img/s | accuracy | FD (floor) | precision | recall |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        t_common = min(gpu_minutes(r["points"][-1]) for r in rs)
-        shared = set.intersection(*({p["step"] for p in r["points"]} for r in rs))
-        s_common = max(shared) if shared else min(r["points"][-1]["step"] for r in rs)
-        for what, pick in (("end", lambda r: r["points"][-1]),
-                           (f"GPU {t_common:.1f} min", lambda r: at_or_before(r["points"], gpu_minutes, t_common)),
-                           (f"step {s_common}", lambda r: at_or_before(r["points"], lambda p: p["step"], s_common))):
-            for r in rs:
-                p = pick(r)
-                if p is None:
-                    continue
-                lines.append(f"| {r['label']} | {r['seed']} | {what} | {p['step']} | {gpu_minutes(p):.2f} "
-                             f"| {r.get('img_per_s', float('nan')):.0f} | {100 * p['accuracy']:.1f}% "
-                             f"| {p['fd']:.2f} ({p['fd_real_halves']:.2f}) | {p['precision']:.3f} | {p['recall']:.3f} |")
+        rs = [r for r in runs if r["image_size"] == size and not ablation_opts(r)]
+        if rs:
+            lines += [f"\n### {size} px ({rs[0]['tokens']} tokens)\n",
+                      "| run | seed | at | step | GPU min | img/s | accuracy | FD (floor) | precision | recall |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            t_common, s_common = min(gpu_minutes(r["points"][-1]) for r in rs), common_step(rs)
+            for what, pick in (("end", lambda r: r["points"][-1]),
+                               (f"GPU {t_common:.1f} min", lambda r: at_or_before(r["points"], gpu_minutes, t_common)),
+                               (f"step {s_common}", lambda r: at_or_before(r["points"], lambda p: p["step"], s_common))):
+                for r in rs:
+                    p = pick(r)
+                    if p is not None:
+                        lines.append(_row([r["label"], r["seed"], what, p["step"], f"{gpu_minutes(p):.2f}",
+                                           f"{r.get('img_per_s', float('nan')):.0f}", *_scores(p)]))
+        dig = plain_first([r for r in runs if r["image_size"] == size and r["kind"] == "DiG"])
+        if not any(ablation_opts(r) for r in dig):
+            continue
+        step = common_step(dig)
+        lines += [f"\n### SREM ablation at {size} px, step {step}\n",
+                  "| scan_schedule | dwconv | seed | step | img/s | accuracy | FD (floor) | precision | recall |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in dig:
+            p, opts = at_or_before(r["points"], lambda p: p["step"], step), ablation_opts(r)
+            if p is not None:
+                lines.append(_row([opts.get("scan_schedule", "srem"), "on" if opts.get("dwconv", True) else "off",
+                                   r["seed"], p["step"], f"{r.get('img_per_s', float('nan')):.0f}", *_scores(p)]))
     return "\n".join(lines)
 
 
+def _panels(plt, rs: list[dict], xaxes, colours: dict, title: str, path: Path) -> Path:
+    """A figure of FD, accuracy and recall (columns) against each of ``xaxes`` (rows): every run a
+    line (colour per label, style per seed), the real-vs-real floor dashed."""
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(len(xaxes), 3, figsize=(15, 4 * len(xaxes)), sharex="row", squeeze=False)
+    for row, (xname, xof) in enumerate(xaxes):
+        for col, (yname, ykey) in enumerate((("Fréchet distance (glyph features)", "fd"),
+                                             ("class accuracy", "accuracy"), ("recall", "recall"))):
+            ax = axes[row, col]
+            for r in rs:
+                xs = [xof(p) for p in r["points"]]
+                ax.plot(xs, [p[ykey] for p in r["points"]], styles[r["seed"] % len(styles)], marker="o",
+                        markersize=3, color=colours[r["label"]], label=f"{r['label']} seed {r['seed']}")
+            floor = {"fd": "fd_real_halves", "recall": "recall_real_halves"}.get(ykey)
+            if floor:
+                ax.axhline(rs[0]["points"][-1][floor], color="grey", linestyle="--", linewidth=1, label="real vs real")
+            if ykey == "fd":
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(0, 1.02)
+            ax.set_xlabel(xname)
+            ax.set_ylabel(yname)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(runs: list[dict], out_dir: str | Path) -> list[Path]:
-    """One figure per size: FD, accuracy and recall against GPU minutes (top) and steps (bottom),
-    every run a line (colour per label, style per seed), the real-vs-real floor dashed."""
+    """Per size, ``glyphs_dig_vs_dit_<size>px.png``: the DiG vs DiT runs' FD, accuracy and recall
+    against GPU minutes (top) and steps (bottom); and where there are ablation runs,
+    ``glyphs_srem_ablation_<size>px.png``: every DiG run of that size against steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,38 +392,21 @@ def plot(runs: list[dict], out_dir: str | Path) -> list[Path]:
     written = []
     labels = sorted({r["label"] for r in runs})
     colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
-    styles = ["-", "--", ":", "-."]
+    by_time, by_step = ("GPU minutes (training)", gpu_minutes), ("steps", lambda p: p["step"])
     for size in sorted({r["image_size"] for r in runs}):
         rs = [r for r in runs if r["image_size"] == size]
-        fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex="row")
-        for row, (xname, xof) in enumerate((("GPU minutes (training)", gpu_minutes), ("steps", lambda p: p["step"]))):
-            for col, (yname, ykey) in enumerate((("Fréchet distance (glyph features)", "fd"),
-                                                 ("class accuracy", "accuracy"), ("recall", "recall"))):
-                ax = axes[row, col]
-                for r in rs:
-                    xs = [xof(p) for p in r["points"]]
-                    ax.plot(xs, [p[ykey] for p in r["points"]], styles[r["seed"] % len(styles)], marker="o",
-                            markersize=3, color=colours[r["label"]], label=f"{r['label']} seed {r['seed']}")
-                floor = {"fd": "fd_real_halves", "recall": "recall_real_halves"}.get(ykey)
-                if floor:
-                    ax.axhline(rs[0]["points"][-1][floor], color="grey", linestyle="--", linewidth=1,
-                               label="real vs real")
-                if ykey == "fd":
-                    ax.set_yscale("log")
-                else:
-                    ax.set_ylim(0, 1.02)
-                ax.set_xlabel(xname)
-                ax.set_ylabel(yname)
-                ax.grid(alpha=0.3)
-        axes[0, 0].legend(fontsize=8)
         card = rs[0]["environment"].get("card") or "CPU"
-        fig.suptitle(f"Glyphs at {size} px ({rs[0]['tokens']} tokens): DiG vs DiT, same recipe, {card}")
-        fig.tight_layout()
-        path = Path(out_dir) / f"glyphs_dig_vs_dit_{size}px.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        tokens = f"{size} px ({rs[0]['tokens']} tokens)"
+        main = [r for r in rs if not ablation_opts(r)]
+        if main:
+            written.append(_panels(plt, main, (by_time, by_step), colours,
+                                   f"Glyphs at {tokens}: DiG vs DiT, same recipe, {card}",
+                                   Path(out_dir) / f"glyphs_dig_vs_dit_{size}px.png"))
+        dig = plain_first([r for r in rs if r["kind"] == "DiG"])
+        if any(ablation_opts(r) for r in dig):
+            written.append(_panels(plt, dig, (by_step,), colours,
+                                   f"Glyphs at {tokens}: the SREM ablation of DiG at equal steps, {card}",
+                                   Path(out_dir) / f"glyphs_srem_ablation_{size}px.png"))
     return written
 
 

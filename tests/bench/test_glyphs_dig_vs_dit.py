@@ -99,8 +99,22 @@ def test_smoke_runs_both_models_then_plots(cmp, tmp_path, capsys, one_torch_thre
         assert (out / f"16px_{kind}-smoke_seed0.jpg").stat().st_size > 0
     assert cmp.main(["plot", "--dir", str(out)]) == 0
     assert (out / "glyphs_dig_vs_dit_16px.png").stat().st_size > 0
+    assert not (out / "glyphs_srem_ablation_16px.png").exists()  # no ablation run yet
     text = capsys.readouterr().out
     assert "| DiG-smoke | 0 | end | 6 |" in text and "| DiT-smoke | 0 | end | 6 |" in text
+    assert "SREM ablation" not in text
+
+    # an ablation run: its own figure and table, kept out of the DiG vs DiT ones
+    assert cmp.main(["run", "--smoke", "--model", "DiG", "--model-opt", "scan_schedule=causal", "--model-opt",
+                     "dwconv=false", "--out-dir", str(out)]) == 0
+    assert json.loads((out / "16px_DiG-dwconv=False-scan_schedule=causal-smoke_seed0.json").read_text())["done"]
+    capsys.readouterr()
+    assert cmp.main(["plot", "--dir", str(out)]) == 0
+    assert (out / "glyphs_srem_ablation_16px.png").stat().st_size > 0
+    main_table, ablation = capsys.readouterr().out.split("### SREM ablation at 16 px, step 6")
+    assert "causal" not in main_table and "| DiG-smoke | 0 | end | 6 |" in main_table
+    rows = [line for line in ablation.splitlines() if line.startswith("| ") and line[2].isalpha()][1:]
+    assert [row.split(" | ")[:4] for row in rows] == [["| srem", "on", "0", "6"], ["| causal", "off", "0", "6"]]
 
 
 @pytest.mark.parametrize("steps", ["1", "-3"])
