@@ -298,9 +298,12 @@ def common_step(runs: list[dict]) -> int:
     return max(shared) if shared else min(r["points"][-1]["step"] for r in runs)
 
 
-def plain_first(runs: list[dict]) -> list[dict]:
-    """``runs`` with the model as the zoo defines it first, then the ablations by label."""
-    return sorted(runs, key=lambda r: (bool(ablation_opts(r)), r["label"], r["seed"]))
+def ablation_runs(runs: list[dict]) -> list[dict]:
+    """The DiG runs of ``runs`` (one size), the model as the zoo defines it first, then the ablations
+    by label; ``[]`` when none of them is an ablation."""
+    dig = sorted((r for r in runs if r["kind"] == "DiG"),
+                 key=lambda r: (bool(ablation_opts(r)), r["label"], r["seed"]))
+    return dig if any(ablation_opts(r) for r in dig) else []
 
 
 def _row(cells: list) -> str:
@@ -333,8 +336,8 @@ def table(runs: list[dict]) -> str:
                     if p is not None:
                         lines.append(_row([r["label"], r["seed"], what, p["step"], f"{gpu_minutes(p):.2f}",
                                            f"{r.get('img_per_s', float('nan')):.0f}", *_scores(p)]))
-        dig = plain_first([r for r in runs if r["image_size"] == size and r["kind"] == "DiG"])
-        if not any(ablation_opts(r) for r in dig):
+        dig = ablation_runs([r for r in runs if r["image_size"] == size])
+        if not dig:
             continue
         step = common_step(dig)
         lines += [f"\n### SREM ablation at {size} px, step {step}\n",
@@ -402,8 +405,8 @@ def plot(runs: list[dict], out_dir: str | Path) -> list[Path]:
             written.append(_panels(plt, main, (by_time, by_step), colours,
                                    f"Glyphs at {tokens}: DiG vs DiT, same recipe, {card}",
                                    Path(out_dir) / f"glyphs_dig_vs_dit_{size}px.png"))
-        dig = plain_first([r for r in rs if r["kind"] == "DiG"])
-        if any(ablation_opts(r) for r in dig):
+        dig = ablation_runs(rs)
+        if dig:
             written.append(_panels(plt, dig, (by_step,), colours,
                                    f"Glyphs at {tokens}: the SREM ablation of DiG at equal steps, {card}",
                                    Path(out_dir) / f"glyphs_srem_ablation_{size}px.png"))
