@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,13 @@ def run_label(kind: str, model_opts: dict, smoke: bool = False) -> str:
     """``DiG``, ``DiT``, or e.g. ``DiG-scan_schedule=flip-dwconv=False`` for an ablation (smoke runs say so)."""
     opts = {k: v for k, v in model_opts.items() if not (smoke and k in SMOKE["model_opts"])}
     return "-".join([kind, *(f"{k}={v}" for k, v in sorted(opts.items()))] + (["smoke"] if smoke else []))
+
+
+def file_stem(image_size: int, label: str, seed: int) -> str:
+    """``64px_DiG-scan_schedule_flip_seed0``: the label with every character outside ``[A-Za-z0-9._-]``
+    (the options' ``=``) made ``_``, so that file names survive copies and transfers that refuse odd
+    characters (the label itself is in the JSON)."""
+    return f"{image_size}px_{re.sub(r'[^A-Za-z0-9._-]', '_', label)}_seed{seed}"
 
 
 class TrainClock:
@@ -149,7 +157,7 @@ def run(args) -> dict:
     ev = dict(EVAL, per_class=args.per_class, steps=args.sample_steps)
     label = run_label(args.model, opts, args.smoke)
     out_dir = Path(args.out_dir)
-    stem = f"{args.image_size}px_{label}_seed{args.seed}"
+    stem = file_stem(args.image_size, label, args.seed)
     cfg = train_config(args.model, args.image_size, args.seed, model_opts=opts, device=args.device,
                        run_dir=out_dir / stem, **recipe)
 

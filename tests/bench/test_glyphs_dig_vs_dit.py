@@ -3,6 +3,7 @@ sampling wrapper follows the EMA weights, and the CPU smoke mode runs the whole 
 (train, evaluate along the way, JSON, grid, plot, table). The experiment itself runs on a GPU."""
 import dataclasses
 import json
+import re
 import time
 
 import pytest
@@ -107,7 +108,10 @@ def test_smoke_runs_both_models_then_plots(cmp, tmp_path, capsys, one_torch_thre
     # an ablation run: its own figure and table, kept out of the DiG vs DiT ones
     assert cmp.main(["run", "--smoke", "--model", "DiG", "--model-opt", "scan_schedule=causal", "--model-opt",
                      "dwconv=false", "--out-dir", str(out)]) == 0
-    assert json.loads((out / "16px_DiG-dwconv=False-scan_schedule=causal-smoke_seed0.json").read_text())["done"]
+    # file names keep to [A-Za-z0-9._-] (the device tool would not bring back a name with "="); the label keeps it
+    abl = json.loads((out / "16px_DiG-dwconv_False-scan_schedule_causal-smoke_seed0.json").read_text())
+    assert abl["done"] and abl["label"] == "DiG-dwconv=False-scan_schedule=causal-smoke"
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f.name) for f in out.iterdir())
     capsys.readouterr()
     assert cmp.main(["plot", "--dir", str(out)]) == 0
     assert (out / "glyphs_srem_ablation_16px.png").stat().st_size > 0
