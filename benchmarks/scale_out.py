@@ -1,6 +1,6 @@
 """Scale-out on GPUs: DDP throughput and loss agreement at 256 px, FSDP + activation checkpointing at 2048 px.
 
-    torchrun --standalone --nproc_per_node=N benchmarks/scale_out.py --out DIR   # N = 2 or 4: every phase
+    torchrun --standalone --nproc_per_node=N benchmarks/scale_out.py --out DIR   # N = 2, 4 or 8: every phase
     python benchmarks/scale_out.py --out DIR                                      # one GPU: the baselines alone
 
 Every training step is the training loop's own (``gladiff.train``: ``sharding.prepare``, DDP from
@@ -22,7 +22,19 @@ Phases (``--phases``, default all three; each is bounded in time, the whole run 
   last because a rank that fails mid-step can leave the others waiting in a collective (the NCCL
   timeout, ``--nccl-timeout``, then ends the run; results so far are already written).
 
-The JSON (``DIR/scale_out_<card>_x<N>.json``, rewritten after every case) holds the card of every
+- ``resume`` (not in the default): one leg of a resume across GPU counts from one sharded checkpoint
+  folder (``--resume-dir``), launched once per count (8, then 4, then 1): each leg loads the newest
+  checkpoint with the training loop's ``restore``, checks that the state is bit-identical to the one
+  the writing leg saved, trains, writes the next checkpoint and compares the losses of the steps it
+  retrains with the previous leg's (``phase_resume``).
+
+``--compile blocks`` (with or without ``none``) repeats the throughput phase with every block compiled,
+as ``gladiff train`` runs long jobs; ``+ac`` cases (``--throughput-modes fsdp+ac``) are compared with
+one GPU with activation checkpointing. ``--summarize JSON...`` prints the tables (and the cost of the
+paper's 1.2M x 256-image run at each measured rate). ``benchmarks/scale_out_x8.sh`` holds the 4/8-GPU
+runs of issue 15.
+
+The JSON (``DIR/scale_out_<card>_x<N>[_<tag>].json``, rewritten after every case) holds the card of every
 rank, torch/CUDA/NCCL/fla versions, the GLA backend used, ``nvidia-smi topo -m``, the command line,
 and every number. ``NCCL_NVLS_ENABLE=0`` is set before NCCL starts (NVLink multicast stays off).
 ``--smoke`` runs the same code on the CPU (gloo) with a tiny DiG, to check the script itself.
@@ -36,6 +48,7 @@ os.environ["NCCL_NVLS_ENABLE"] = "0"  # before any NCCL communicator exists
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import socket  # noqa: E402
@@ -46,6 +59,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as td  # noqa: E402
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,  # noqa: E402
+                                                     get_state_dict)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gladiff import create_model  # noqa: E402
@@ -54,10 +69,11 @@ from gladiff.diffusion import create_objective  # noqa: E402
 from gladiff.ops.gla import resolve_backend  # noqa: E402
 from gladiff.train import sharding  # noqa: E402
 from gladiff.train.ema import EMA  # noqa: E402
-from gladiff.train.parallel import Dist, pick_device, wrap_model  # noqa: E402
+from gladiff.train.parallel import Dist, all_gather_objects, pick_device, wrap_model  # noqa: E402
 from gladiff.train.precision import Precision, set_tf32  # noqa: E402
 
 LATENT_CHANNELS, NUM_CLASSES, DROP = 4, 1000, 0.1
+PROBE_STEPS = 2  # untimed steps after the warm-up that size the timed run
 
 
 # ----------------------------------------------------------------------------- processes
@@ -134,10 +150,12 @@ def build(args, latent: int, device="cpu"):
 
 class Trainer:
     """One configuration of the training step: ``mode`` "single" (the unsharded model on this
-    rank alone), "ddp" or "fsdp" over ``dist``; ``ac`` = activation checkpointing. Mirrors
-    ``gladiff.train.loop``: autocast forward, backward, unscale/clip/AdamW step, EMA update."""
+    rank alone), "ddp" or "fsdp" over ``dist``; ``ac`` = activation checkpointing; ``compile`` =
+    ``"none"`` or ``"blocks"`` (each block compiled in place, after sharding and inside DDP, as
+    ``gladiff train --compile blocks`` and ``--compile auto`` do). Mirrors ``gladiff.train.loop``:
+    autocast forward, backward, unscale/clip/AdamW step, EMA update."""
 
-    def __init__(self, args, weights: dict, latent: int, dist: Dist, mode: str, ac: bool):
+    def __init__(self, args, weights: dict, latent: int, dist: Dist, mode: str, ac: bool, compile: str = "none"):
         # Built on the meta device (no initialisation work: XL/2 takes seconds on a CPU), then given
         # copies of ``weights`` on this rank's device.
         model = build(args, latent, device="meta")
@@ -151,7 +169,8 @@ class Trainer:
         model, self.ema.model = sharding.prepare(model, self.ema.model, dist, "fsdp" if mode == "fsdp" else "ddp",
                                                  ac, self.precision.dtype)
         self.model, self.dist = model, dist
-        self.net = wrap_model(model, dist) if mode == "ddp" else model
+        # DDP around the (compiled) model for "ddp"; FSDP and one process: the (compiled) model itself
+        self.net = wrap_model(model, dist, compile)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
         self.objective = create_objective("ddpm")
         self.ac, self.mode = ac, mode
@@ -203,10 +222,15 @@ def timed_steps(world: World, trainer: Trainer, dist: Dist, per_gpu: int, latent
     dev = dist.device
     batch = slices(global_batch(0, per_gpu * dist.world_size, latent), dist.world_size, dev)[dist.rank]
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    for _ in range(warmup):  # compilation (--compile blocks), autotuning, the optimizer's lazy state
         trainer.step([batch])
     sync(dev)
-    per_step = (time.perf_counter() - t0) / max(warmup, 1)
+    warmup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(PROBE_STEPS):  # the step time that sizes the timed run (not the warm-up's)
+        trainer.step([batch])
+    sync(dev)
+    per_step = (time.perf_counter() - t0) / PROBE_STEPS
     n = max(1, min(max_steps, int(seconds / max(per_step, 1e-6))))
     n = world.broadcast(n) if dist.distributed else n
     if dev.type == "cuda":
@@ -218,7 +242,7 @@ def timed_steps(world: World, trainer: Trainer, dist: Dist, per_gpu: int, latent
     sync(dev)
     elapsed = time.perf_counter() - t0
     elapsed = world.max(elapsed) if dist.distributed else elapsed
-    return {"steps": n, "step_s": elapsed / n, "img_per_s_per_gpu": per_gpu * n / elapsed,
+    return {"steps": n, "step_s": elapsed / n, "warmup_s": round(warmup_s, 1), "img_per_s_per_gpu": per_gpu * n / elapsed,
             "img_per_s_total": per_gpu * dist.world_size * n / elapsed, "last_loss": float(loss),
             **memory(dev)}
 
@@ -231,31 +255,59 @@ def memory(dev) -> dict:
 
 
 # ----------------------------------------------------------------------------- phases
-def phase_throughput(args, world: World, report: dict) -> None:
-    latent = args.resolution // 8
-    weights = initial_weights(args, latent)
-    out = report.setdefault("throughput", {"resolution": args.resolution, "per_gpu_batch": args.batch})
+def on_rank0_alone(world: World, args, report: dict, out: dict, key: str, work):
+    """``out[key] = work()`` on rank 0 while the other ranks wait (on the gloo group, which has no
+    short timeout), then the report written; returns rank 0's result on every rank."""
     if world.dist.is_main:
-        trainer = Trainer(args, weights, latent, world.alone, "single", False)
-        out["one_gpu"] = timed_steps(world, trainer, world.alone, args.batch, latent, args.warmup,
-                                     args.max_steps, args.phase_seconds)
-        trainer.close()
-        say(f"throughput, 1 GPU: {out['one_gpu']['img_per_s_per_gpu']:.1f} img/s")
+        out[key] = work()
     world.wait()
     write(args, report)
-    if not world.dist.distributed:
-        return
-    one = world.broadcast(out.get("one_gpu"))
-    for mode in args.throughput_modes:
-        trainer = Trainer(args, weights, latent, world.dist, mode, False)
-        res = timed_steps(world, trainer, world.dist, args.batch, latent, args.warmup, args.max_steps,
-                          args.phase_seconds)
-        trainer.close()
-        res["per_gpu_vs_one_gpu"] = res["img_per_s_per_gpu"] / one["img_per_s_per_gpu"]
-        out[f"{mode}_x{world.dist.world_size}"] = res
-        say(f"throughput, {mode} x{world.dist.world_size}: {res['img_per_s_per_gpu']:.1f} img/s per GPU "
-            f"({res['per_gpu_vs_one_gpu']:.3f} of one GPU)")
-        write(args, report)
+    out[key] = world.broadcast(out.get(key))
+    return out[key]
+
+
+def case_key(case: str, compile: str, world_size: int | None = None) -> str:
+    """The JSON key of a throughput measurement: ``one_gpu``, ``one_gpu+ac``, ``ddp_x8``,
+    ``fsdp+ac_x8``, with ``_compile-blocks`` when the blocks were compiled."""
+    base = case.replace("single", "one_gpu") if world_size is None else f"{case}_x{world_size}"
+    return base + ("" if compile == "none" else f"_compile-{compile}")
+
+
+def phase_throughput(args, world: World, report: dict) -> None:
+    """For each ``--compile``: one GPU alone (and with activation checkpointing, when a ``+ac`` case
+    is asked for), then every ``--throughput-modes`` case on all N GPUs with the same per-GPU batch;
+    each case's per-GPU rate as a share of one GPU's with the same checkpointing and compilation."""
+    latent = args.resolution // 8
+    weights = initial_weights(args, latent)
+    out = report.setdefault("throughput", {"resolution": args.resolution, "per_gpu_batch": args.batch,
+                                           "model": args.model})
+    baselines = ["single"] + (["single+ac"] if any(c.endswith("+ac") for c in args.throughput_modes) else [])
+    for compile in args.compile:
+        for base in baselines:
+            def one_gpu(base=base, compile=compile):
+                trainer = Trainer(args, weights, latent, world.alone, "single", base.endswith("+ac"), compile)
+                res = timed_steps(world, trainer, world.alone, args.batch, latent, args.warmup, args.max_steps,
+                                  args.phase_seconds)
+                trainer.close()
+                say(f"throughput, 1 GPU{' + AC' if base.endswith('+ac') else ''}, compile {compile}: "
+                    f"{res['img_per_s_per_gpu']:.1f} img/s")
+                return res
+
+            on_rank0_alone(world, args, report, out, case_key(base, compile), one_gpu)
+        if not world.dist.distributed:
+            continue
+        for case in args.throughput_modes:
+            mode, ac = case.split("+")[0], case.endswith("+ac")
+            one = out[case_key("single+ac" if ac else "single", compile)]
+            trainer = Trainer(args, weights, latent, world.dist, mode, ac, compile)
+            res = timed_steps(world, trainer, world.dist, args.batch, latent, args.warmup, args.max_steps,
+                              args.phase_seconds)
+            trainer.close()
+            res["per_gpu_vs_one_gpu"] = res["img_per_s_per_gpu"] / one["img_per_s_per_gpu"]
+            out[case_key(case, compile, world.dist.world_size)] = res
+            say(f"throughput, {case} x{world.dist.world_size}, compile {compile}: {res['img_per_s_per_gpu']:.1f} "
+                f"img/s per GPU ({res['per_gpu_vs_one_gpu']:.3f} of one GPU), peak {res['peak_allocated_gb']} GB")
+            write(args, report)
 
 
 def phase_losses(args, world: World, report: dict) -> None:
@@ -280,15 +332,14 @@ def phase_losses(args, world: World, report: dict) -> None:
         trainer.close()
         return losses
 
-    if world.dist.is_main:  # N micro-batches = the same global batch
-        out["one_gpu"] = run(world.alone, "single", args.loss_steps, 2 * args.phase_seconds)
-        say(f"losses, 1 GPU: {len(out['one_gpu'])} steps, first {out['one_gpu'][0]:.4f} "
-            f"last {out['one_gpu'][-1]:.4f}")
-    world.wait()
-    write(args, report)
+    def one_gpu():  # N micro-batches = the same global batch
+        losses = run(world.alone, "single", args.loss_steps, 2 * args.phase_seconds)
+        say(f"losses, 1 GPU: {len(losses)} steps, first {losses[0]:.4f} last {losses[-1]:.4f}")
+        return losses
+
+    one = on_rank0_alone(world, args, report, out, "one_gpu", one_gpu)
     if not world.dist.distributed:
         return
-    one = world.broadcast(out.get("one_gpu"))
     for mode in args.loss_modes:
         many = run(world.dist, mode, len(one))
         rel = [abs(a - b) / abs(b) for a, b in zip(many, one)]
@@ -325,6 +376,112 @@ def phase_memory(args, world: World, report: dict) -> None:
         say(f"memory {args.memory_resolution}px batch {args.memory_batch}/GPU, {case}: "
             + ("fits" if res["fits"] else "OUT OF MEMORY") + f", peak {res['peak_allocated_gb']} GB")
         write(args, report)
+
+
+def state_digest(trainer: Trainer, dist: Dist) -> str | None:
+    """SHA-256 of the model, EMA and optimizer state as full (unsharded) tensors keyed by parameter
+    name, the layout-independent form checkpoints store (a collective under FSDP; the digest on
+    rank 0, ``None`` elsewhere). Equal digests = bit-identical training state, whatever the sharding."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=dist.distributed)
+    model_sd, optim_sd = get_state_dict(trainer.model, trainer.optimizer, options=opts)
+    ema_sd = get_model_state_dict(trainer.ema.model, options=opts)
+    if not dist.is_main:
+        return None
+    h = hashlib.sha256()
+
+    def feed(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k in sorted(value, key=str):
+                feed(f"{prefix}/{k}", value[k])
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                feed(f"{prefix}/{i}", v)
+        elif isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{prefix}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(f"{prefix}={value!r}".encode())
+
+    feed("model", model_sd)
+    feed("ema", ema_sd)
+    feed("optimizer", optim_sd)
+    return h.hexdigest()
+
+
+def phase_resume(args, world: World, report: dict) -> None:
+    """One leg of a resume across GPU counts, from the same sharded checkpoint folder
+    (``--resume-dir``). Launch it several times with different process counts (8, then 4, then 1):
+
+    - a leg loads the newest checkpoint there with the training loop's own ``restore`` (FSDP over
+      all processes; one process: a plain model), or starts from the initial weights if there is none;
+    - it checks that the loaded state is bit-identical to what the writing leg saved (SHA-256 of the
+      full model, EMA and optimizer state, recorded in ``resume_record.json`` beside the checkpoints);
+    - it trains ``2 * --resume-steps`` steps on the fixed global batch (``--resume-batch`` split over
+      the processes; one process: micro-batches of ``--loss-batch``), writing a sharded checkpoint
+      (``sharded_checkpoint.save``) after the first ``--resume-steps``;
+    - so the next leg, loaded from that checkpoint, retrains this leg's last ``--resume-steps`` steps:
+      their losses are compared (they differ only by the order of floating-point reductions)."""
+    from gladiff.train import checkpoint, sharded_checkpoint
+    from gladiff.train.config import TrainConfig
+    from gladiff.train.data_order import DataPosition
+    from gladiff.train.loop import TrainState, restore
+
+    latent, dist = args.resolution // 8, world.dist
+    n, size, k = dist.world_size, args.resume_batch, args.resume_steps
+    if size % n or (n == 1 and size % args.loss_batch):
+        raise SystemExit(f"--resume-batch {size} must split evenly over {n} process(es)"
+                         + (f" and into micro-batches of --loss-batch {args.loss_batch}" if n == 1 else ""))
+    run_dir = Path(args.resume_dir)
+    record_path = run_dir / "resume_record.json"
+    trainer = Trainer(args, initial_weights(args, latent), latent, dist, "fsdp" if dist.distributed else "single",
+                      False)
+    cfg = TrainConfig(run_dir=str(run_dir), model=args.model, image_size=args.resolution, data="latents:random",
+                      global_batch_size=size, parallel="fsdp", precision="bf16", ema_decay=0.9999, lr=1e-4)
+    spec = {"name": args.model, "input_size": latent, "in_channels": LATENT_CHANNELS, "num_classes": NUM_CLASSES,
+            "learn_sigma": True, "overrides": {}}
+    info = {"in_channels": LATENT_CHANNELS, "sample_size": latent, "num_classes": NUM_CLASSES, "is_latent": True}
+    state = TrainState(cfg, spec, info, trainer.model, trainer.ema, trainer.optimizer, trainer.precision)
+
+    legs = json.loads(record_path.read_text()) if record_path.exists() else []
+    found = checkpoint.newest_valid_checkpoint(run_dir)
+    leg = {"world_size": n, "mode": trainer.mode, "loaded": None}
+    start = 0
+    if found is not None:
+        start, _ = restore(found, state, dist)
+        digest = state_digest(trainer, dist)
+        saved = next((g["saved"] for g in reversed(legs) if g.get("saved", {}).get("step") == start), None)
+        leg["loaded"] = {"path": found[0].name, "step": start, "digest": digest,
+                         "written_by": len(found[1]["rng"]), "saved_digest": saved and saved["digest"],
+                         "identical": bool(saved) and digest == saved["digest"]}
+        if dist.is_main:
+            say(f"resume: {n} process(es) loaded {found[0].name} (written by {len(found[1]['rng'])}): state "
+                + ("bit-identical to the one saved" if leg["loaded"]["identical"] else "DIFFERS from the one saved"))
+    losses = {}
+    for step in range(start, start + 2 * k):
+        parts = slices(global_batch(step, size, latent), n if dist.distributed else size // args.loss_batch,
+                       dist.device)
+        loss = trainer.step([parts[dist.rank]] if dist.distributed else parts)
+        losses[step] = world.mean(loss) if dist.distributed else float(loss)
+        if step + 1 == start + k:
+            rng = all_gather_objects(dist, checkpoint.capture_rng())
+            path = sharded_checkpoint.save(run_dir, step + 1, DataPosition(index=(step + 1) * size), rng, state, dist)
+            leg["saved"] = {"path": path.name, "step": step + 1, "digest": state_digest(trainer, dist)}
+    trainer.close()
+    leg["losses"] = {str(s_): v for s_, v in losses.items()}
+    before = legs[-1]["losses"] if legs else {}
+    shared = [s_ for s_ in leg["losses"] if s_ in before]
+    if shared:
+        rel = [abs(leg["losses"][s_] - before[s_]) / abs(before[s_]) for s_ in shared]
+        leg["vs_previous_leg"] = {"steps": [int(s_) for s_ in shared], "max_rel_diff": max(rel),
+                                  "mean_rel_diff": sum(rel) / len(rel)}
+        say(f"resume: losses of steps {shared[0]}-{shared[-1]} vs the previous leg's "
+            f"({legs[-1]['world_size']} process(es)): max rel diff {max(rel):.2e}")
+    if dist.is_main:
+        legs.append(leg)
+        record_path.write_text(json.dumps(legs, indent=1))
+    report["resume"] = {"resolution": args.resolution, "global_batch": size, "resume_steps": k,
+                        "dir": str(run_dir), "legs": legs}
 
 
 def try_steps(args, world: World, weights, latent, dist: Dist, mode: str, ac: bool) -> dict:
@@ -400,11 +557,63 @@ def write(args, report: dict) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
     card = (report["environment"]["cards"][0] or "cpu").replace(" ", "_").replace("/", "_")
-    path = Path(args.out) / f"scale_out_{card}_x{report['environment']['world_size']}.json"
+    tag = f"_{args.tag}" if args.tag else ""
+    path = Path(args.out) / f"scale_out_{card}_x{report['environment']['world_size']}{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- summary
+PAPER_IMAGES = 1_200_000 * 256  # the paper's DiG-XL/2 ImageNet-256 run: 1.2M steps of 256 images
+
+
+def paper_run_cost(img_per_s_total: float, world_size: int) -> dict:
+    """Days and GPU-hours of the paper's run at ``img_per_s_total`` images/s over ``world_size`` GPUs."""
+    hours = PAPER_IMAGES / img_per_s_total / 3600
+    return {"days": hours / 24, "gpu_hours": hours * world_size}
+
+
+def summarize(paths: list[str]) -> str:
+    """Markdown from result JSONs: every throughput measurement (per-GPU img/s, share of one GPU,
+    peak memory; at 256 px on several GPUs the paper's run cost at that rate), the loss agreement and
+    the resume legs."""
+    lines = []
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        env, tp = report["environment"], report.get("throughput")
+        lines.append(f"\n**{Path(path).name}**: {env['world_size']} x {env['cards'][0]}, {env.get('model')}, "
+                     f"torch {env.get('torch')}, {env.get('date', '')[:10]}\n")
+        if tp:
+            lines += [f"| {tp['resolution']} px, {tp['per_gpu_batch']} per GPU | step ms | img/s per GPU | of one GPU "
+                      "| peak GB | paper run (1.2M x 256): days, GPU-hours |", "|---|---|---|---|---|---|"]
+            for key, r in tp.items():
+                if not isinstance(r, dict):
+                    continue
+                world = int(key.split("_x")[1].split("_")[0]) if "_x" in key else 1
+                cost = paper_run_cost(r["img_per_s_total"], world) if tp["resolution"] == 256 else None
+                lines.append(f"| {key} | {1000 * r['step_s']:.1f} | {r['img_per_s_per_gpu']:.1f} | "
+                             f"{r.get('per_gpu_vs_one_gpu', 1.0):.3f} | {r['peak_allocated_gb']} | "
+                             + (f"{cost['days']:.1f}, {cost['gpu_hours']:,.0f} |" if cost else "- |"))
+            lines.append("")
+        for key, r in report.get("losses", {}).items():
+            if isinstance(r, dict):
+                lines.append(f"- losses, {key} vs one GPU ({report['losses']['global_batch']} per step, "
+                             f"{len(r['losses'])} steps): max relative difference {r['max_rel_diff']:.2e}, "
+                             f"mean {r['mean_rel_diff']:.2e}")
+        for leg in report.get("resume", {}).get("legs", []):
+            loaded, cmp = leg.get("loaded"), leg.get("vs_previous_leg")
+            lines.append(f"- resume leg, {leg['world_size']} process(es) ({leg['mode']}): "
+                         + (f"loaded {loaded['path']} written by {loaded['written_by']}, "
+                            + ("bit-identical" if loaded["identical"] else "NOT identical") + " to the saved state"
+                            if loaded else "from scratch")
+                         + (f"; losses of steps {cmp['steps'][0]}-{cmp['steps'][-1]} vs the previous leg: max "
+                            f"relative difference {cmp['max_rel_diff']:.2e}" if cmp else ""))
+    return "\n".join(lines)
+
+
+PHASES = {"throughput": phase_throughput, "losses": phase_losses, "memory": phase_memory, "resume": phase_resume}
 
 
 def main(argv=None) -> int:
@@ -412,11 +621,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results",
                    help="folder for the JSON (default: $OUT, else benchmarks/results)")
     p.add_argument("--phases", nargs="+", default=["throughput", "losses", "memory"],
-                   choices=["throughput", "losses", "memory"])
+                   choices=list(PHASES), help="what to run (default: throughput losses memory; resume "
+                   "is one leg of a resume across GPU counts, launched once per count)")
     p.add_argument("--model", default="DiG-XL/2")
     p.add_argument("--resolution", type=int, default=256, help="pixels, throughput and losses phases")
     p.add_argument("--batch", type=int, default=32, help="images per GPU, throughput phase")
-    p.add_argument("--throughput-modes", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "fsdp"])
+    p.add_argument("--throughput-modes", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "ddp+ac", "fsdp", "fsdp+ac"],
+                   help="the N-GPU cases (+ac: activation checkpointing)")
+    p.add_argument("--compile", nargs="+", default=["none"], choices=["none", "blocks"],
+                   help="throughput phase: eager and/or each block compiled (what gladiff train's --compile "
+                        "auto switches to on long runs); every case and its one-GPU baseline run under each")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--max-steps", type=int, default=30, help="timed steps at most per measurement")
     p.add_argument("--phase-seconds", type=float, default=40.0,
@@ -433,16 +647,28 @@ def main(argv=None) -> int:
                    default=["single", "single+ac", "ddp+ac", "fsdp+ac", "fsdp", "ddp"],
                    choices=["single", "single+ac", "ddp", "ddp+ac", "fsdp", "fsdp+ac"],
                    help="run in this order; single = the unsharded model on one GPU")
+    p.add_argument("--resume-dir", default="runs/scale_out_resume",
+                   help="resume phase: the checkpoint folder every leg reads from and writes to")
+    p.add_argument("--resume-steps", type=int, default=5,
+                   help="resume phase: steps before the leg's checkpoint (it trains twice this)")
+    p.add_argument("--resume-batch", type=int, default=64,
+                   help="resume phase: the global batch, the same in every leg")
+    p.add_argument("--tag", default="", help="appended to the JSON's name (scale_out_<card>_x<N>_<tag>.json)")
     p.add_argument("--nccl-timeout", type=float, default=240.0,
                    help="seconds before a collective that a failed rank never joins ends the run")
     p.add_argument("--smoke", action="store_true", help="CPU + gloo, tiny DiG: checks the script, measures nothing")
+    p.add_argument("--summarize", nargs="+", metavar="JSON", help="print Markdown tables of result JSONs and exit")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     args.argv = argv
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
     if args.smoke:
         args.resolution, args.memory_resolution = 64, 64
         args.batch, args.loss_batch, args.memory_batch = 2, 2, 2
         args.warmup, args.max_steps, args.loss_steps = 1, 2, 3
+        args.resume_batch, args.resume_steps = 8, 2  # splits over 1, 2, 4 and 8 processes
     elif not torch.cuda.is_available():
         print("scale_out: no CUDA GPU here (use --smoke to check the script on a CPU)")
         return 0
@@ -454,10 +680,10 @@ def main(argv=None) -> int:
         f"GLA backend {report['environment']['gla_backend']}; writing to {args.out}")
     write(args, report)
     started = time.perf_counter()
-    for phase in ("throughput", "losses", "memory"):
+    for phase, run in PHASES.items():
         if phase in args.phases:
             t0 = time.perf_counter()
-            {"throughput": phase_throughput, "losses": phase_losses, "memory": phase_memory}[phase](args, world, report)
+            run(args, world, report)
             report.setdefault("phase_seconds", {})[phase] = round(time.perf_counter() - t0, 1)
             write(args, report)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
