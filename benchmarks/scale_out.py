@@ -581,8 +581,11 @@ def summarize(paths: list[str]) -> str:
     the resume legs."""
     lines = []
     for path in paths:
-        report = json.loads(Path(path).read_text())
-        env, tp = report["environment"], report.get("throughput")
+        try:
+            report = json.loads(Path(path).read_text())
+            env, tp = report["environment"], report.get("throughput")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"--summarize: {path} is not a scale_out.py result JSON ({type(err).__name__}: {err})")
         lines.append(f"\n**{Path(path).name}**: {env['world_size']} x {env['cards'][0]}, {env.get('model')}, "
                      f"torch {env.get('torch')}, {env.get('date', '')[:10]}\n")
         if tp:
@@ -651,8 +654,8 @@ def main(argv=None) -> int:
                    help="resume phase: the checkpoint folder every leg reads from and writes to")
     p.add_argument("--resume-steps", type=int, default=5,
                    help="resume phase: steps before the leg's checkpoint (it trains twice this)")
-    p.add_argument("--resume-batch", type=int, default=64,
-                   help="resume phase: the global batch, the same in every leg")
+    p.add_argument("--resume-batch", type=int, default=None,
+                   help="resume phase: the global batch, the same in every leg (default 64; --smoke: 8)")
     p.add_argument("--tag", default="", help="appended to the JSON's name (scale_out_<card>_x<N>_<tag>.json)")
     p.add_argument("--nccl-timeout", type=float, default=240.0,
                    help="seconds before a collective that a failed rank never joins ends the run")
@@ -668,8 +671,10 @@ def main(argv=None) -> int:
         args.resolution, args.memory_resolution = 64, 64
         args.batch, args.loss_batch, args.memory_batch = 2, 2, 2
         args.warmup, args.max_steps, args.loss_steps = 1, 2, 3
-        args.resume_batch, args.resume_steps = 8, 2  # splits over 1, 2, 4 and 8 processes
-    elif not torch.cuda.is_available():
+        args.resume_steps = 2
+    if args.resume_batch is None:  # splits over 1, 2, 4 and 8 processes
+        args.resume_batch = 8 if args.smoke else 64
+    if not args.smoke and not torch.cuda.is_available():
         print("scale_out: no CUDA GPU here (use --smoke to check the script on a CPU)")
         return 0
     set_tf32(True)

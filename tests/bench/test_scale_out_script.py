@@ -141,3 +141,14 @@ def test_summary_prices_the_paper_run_at_the_measured_rate(tmp_path, script):
     assert "| ddp_x8_compile-blocks | 256.0 | 125.0 | 0.781 | 35.0 | 3.6, 683 |" in text
     assert "| one_gpu | 200.0 | 160.0 | 1.000 | 33.0 | 22.2, 533 |" in text
     assert "ddp_x8 vs one GPU (128 per step, 50 steps): max relative difference 2.00e-03" in text
+
+
+def test_bad_input_is_a_clear_error(tmp_path, script):
+    """A global batch that does not split over the processes, and a file that is not a result JSON."""
+    with pytest.raises(SystemExit, match="--resume-batch 5 must split evenly over 1 process"):
+        script.main(["--smoke", "--phases", "resume", "--resume-batch", "5", "--resume-dir", str(tmp_path / "c"),
+                     "--out", str(tmp_path)])
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="x.json is not a scale_out.py result JSON"):
+        script.main(["--summarize", str(tmp_path / "x.json")])
