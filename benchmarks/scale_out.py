@@ -24,7 +24,7 @@ Phases (``--phases``, default all three; each is bounded in time, the whole run 
 
 - ``resume`` (not in the default): one leg of a resume across GPU counts from one sharded checkpoint
   folder (``--resume-dir``), launched once per count (8, then 4, then 1): each leg loads the newest
-  checkpoint with the training loop's ``restore``, checks that the state is bit-identical to the one
+  checkpoint with the training loop's ``restore``, checks that the state is identical to the one
   the writing leg saved, trains, writes the next checkpoint and compares the losses of the steps it
   retrains with the previous leg's (``phase_resume``).
 
@@ -378,11 +378,26 @@ def phase_memory(args, world: World, report: dict) -> None:
         write(args, report)
 
 
+def tensor_fingerprint(t: torch.Tensor) -> tuple[int, int]:
+    """Two exact integer sums over ``t``'s raw 16-bit words ``w_i``: ``sum w_i`` and
+    ``sum w_i * (i mod 65521 + 1)``, computed where ``t`` lives (a GPU: milliseconds for a tensor
+    that SHA-256 would need a host copy and seconds for). Integer sums do not depend on the order of
+    the reduction, so equal tensors give equal pairs on any device; any single changed word changes
+    the first sum. (Bounds: |w| < 2^15, weights <= 2^16, so no int64 overflow below 2^32 words.)"""
+    flat = t.detach().contiguous().reshape(-1)
+    words = flat.view(torch.int16) if flat.numel() * flat.element_size() % 2 == 0 else flat.view(torch.uint8)
+    words = words.to(torch.int64)
+    weights = torch.arange(words.numel(), device=words.device) % 65521 + 1
+    return int(words.sum()), int((words * weights).sum())
+
+
 def state_digest(trainer: Trainer, dist: Dist) -> str | None:
-    """SHA-256 of the model, EMA and optimizer state as full (unsharded) tensors keyed by parameter
-    name, the layout-independent form checkpoints store (a collective under FSDP; the digest on
-    rank 0, ``None`` elsewhere). Equal digests = bit-identical training state, whatever the sharding."""
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=dist.distributed)
+    """A digest of the model, EMA and optimizer state as full (unsharded) tensors keyed by parameter
+    name, the layout-independent form checkpoints store (a collective under FSDP: every rank gathers
+    the full tensors on its GPU; the digest on rank 0, ``None`` elsewhere): SHA-256 over every
+    tensor's name, dtype, shape and ``tensor_fingerprint``, and every other value's ``repr``. Equal
+    digests = the same training state, whatever the sharding."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=False)
     model_sd, optim_sd = get_state_dict(trainer.model, trainer.optimizer, options=opts)
     ema_sd = get_model_state_dict(trainer.ema.model, options=opts)
     if not dist.is_main:
@@ -397,9 +412,7 @@ def state_digest(trainer: Trainer, dist: Dist) -> str | None:
             for i, v in enumerate(value):
                 feed(f"{prefix}/{i}", v)
         elif isinstance(value, torch.Tensor):
-            t = value.detach().cpu().contiguous()
-            h.update(f"{prefix}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(f"{prefix}:{value.dtype}:{tuple(value.shape)}:{tensor_fingerprint(value)}".encode())
         else:
             h.update(f"{prefix}={value!r}".encode())
 
@@ -415,8 +428,8 @@ def phase_resume(args, world: World, report: dict) -> None:
 
     - a leg loads the newest checkpoint there with the training loop's own ``restore`` (FSDP over
       all processes; one process: a plain model), or starts from the initial weights if there is none;
-    - it checks that the loaded state is bit-identical to what the writing leg saved (SHA-256 of the
-      full model, EMA and optimizer state, recorded in ``resume_record.json`` beside the checkpoints);
+    - it checks that the loaded state is the one the writing leg saved (``state_digest`` of the full
+      model, EMA and optimizer state, recorded in ``resume_record.json`` beside the checkpoints);
     - it trains ``2 * --resume-steps`` steps on the fixed global batch (``--resume-batch`` split over
       the processes; one process: micro-batches of ``--loss-batch``), writing a sharded checkpoint
       (``sharded_checkpoint.save``) after the first ``--resume-steps``;
@@ -456,7 +469,7 @@ def phase_resume(args, world: World, report: dict) -> None:
                          "identical": bool(saved) and digest == saved["digest"]}
         if dist.is_main:
             say(f"resume: {n} process(es) loaded {found[0].name} (written by {len(found[1]['rng'])}): state "
-                + ("bit-identical to the one saved" if leg["loaded"]["identical"] else "DIFFERS from the one saved"))
+                + ("identical to the one saved" if leg["loaded"]["identical"] else "DIFFERS from the one saved"))
     losses = {}
     for step in range(start, start + 2 * k):
         parts = slices(global_batch(step, size, latent), n if dist.distributed else size // args.loss_batch,
@@ -609,7 +622,7 @@ def summarize(paths: list[str]) -> str:
             loaded, cmp = leg.get("loaded"), leg.get("vs_previous_leg")
             lines.append(f"- resume leg, {leg['world_size']} process(es) ({leg['mode']}): "
                          + (f"loaded {loaded['path']} written by {loaded['written_by']}, "
-                            + ("bit-identical" if loaded["identical"] else "NOT identical") + " to the saved state"
+                            + ("identical" if loaded["identical"] else "NOT identical") + " to the saved state"
                             if loaded else "from scratch")
                          + (f"; losses of steps {cmp['steps'][0]}-{cmp['steps'][-1]} vs the previous leg: max "
                             f"relative difference {cmp['max_rel_diff']:.2e}" if cmp else ""))
