@@ -590,8 +590,8 @@ def paper_run_cost(img_per_s_total: float, world_size: int) -> dict:
 
 def summarize(paths: list[str]) -> str:
     """Markdown from result JSONs: every throughput measurement (per-GPU img/s, share of one GPU,
-    peak memory; at 256 px on several GPUs the paper's run cost at that rate), the loss agreement and
-    the resume legs."""
+    peak memory, and at 256 px what the paper's run would take at that rate on that many GPUs), the
+    loss agreement and the resume legs."""
     lines = []
     for path in paths:
         try:
