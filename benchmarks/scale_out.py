@@ -215,6 +215,16 @@ def slices(batch, parts: int, device):
     return [tuple(a[i * n:(i + 1) * n].to(device, non_blocking=True) for a in batch) for i in range(parts)]
 
 
+def global_step(world: World, trainer: Trainer, step: int, size: int, latent: int, parts: int) -> float:
+    """One optimizer step on the global batch of ``step`` (``size`` examples) cut into ``parts`` equal
+    slices: under several processes each rank trains on its own slice, one process accumulates them all
+    as micro-batches. Returns the loss averaged over the ranks."""
+    dist = trainer.dist
+    cut = slices(global_batch(step, size, latent), parts, dist.device)
+    loss = trainer.step([cut[dist.rank]] if dist.distributed else cut)
+    return world.mean(loss) if dist.distributed else float(loss)
+
+
 def timed_steps(world: World, trainer: Trainer, dist: Dist, per_gpu: int, latent: int, warmup: int,
                 max_steps: int, seconds: float) -> dict:
     """Warm up, then time as many steps as fit ``seconds`` (at most ``max_steps``; every rank runs
@@ -322,11 +332,7 @@ def phase_losses(args, world: World, report: dict) -> None:
         trainer = Trainer(args, weights, latent, dist, mode, False)
         losses, deadline = [], time.perf_counter() + seconds
         for step in range(steps):
-            mine = slices(global_batch(step, size, latent), n_gpu, dist.device)
-            if dist.distributed:
-                mine = [mine[dist.rank]]
-            loss = trainer.step(mine)
-            losses.append(world.mean(loss) if dist.distributed else float(loss))
+            losses.append(global_step(world, trainer, step, size, latent, n_gpu))
             if time.perf_counter() > deadline and step >= 9:
                 break  # only the one-GPU run (one process) stops on time; the others take its length
         trainer.close()
@@ -472,10 +478,7 @@ def phase_resume(args, world: World, report: dict) -> None:
                 + ("identical to the one saved" if leg["loaded"]["identical"] else "DIFFERS from the one saved"))
     losses = {}
     for step in range(start, start + 2 * k):
-        parts = slices(global_batch(step, size, latent), n if dist.distributed else size // args.loss_batch,
-                       dist.device)
-        loss = trainer.step([parts[dist.rank]] if dist.distributed else parts)
-        losses[step] = world.mean(loss) if dist.distributed else float(loss)
+        losses[step] = global_step(world, trainer, step, size, latent, n if dist.distributed else size // args.loss_batch)
         if step + 1 == start + k:
             rng = all_gather_objects(dist, checkpoint.capture_rng())
             path = sharded_checkpoint.save(run_dir, step + 1, DataPosition(index=(step + 1) * size), rng, state, dist)
