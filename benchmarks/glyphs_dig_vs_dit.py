@@ -318,16 +318,67 @@ def _row(cells: list) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _img_s(runs: list[dict]) -> str:
+    """The runs' mean training rate (img/s), as the tables print it."""
+    return f"{np.mean([r.get('img_per_s', float('nan')) for r in runs]):.0f}"
+
+
 def _scores(p: dict) -> list[str]:
     return [f"{100 * p['accuracy']:.1f}%", f"{p['fd']:.2f} ({p['fd_real_halves']:.2f})", f"{p['precision']:.3f}",
             f"{p['recall']:.3f}"]
 
 
+MEAN_KEYS = ("step", "accuracy", "fd", "fd_real_halves", "precision", "recall")
+
+
+def mean_point(points: list[dict]) -> dict:
+    """The mean over seeds of the numbers a table row shows (GPU minutes included)."""
+    mean = {k: float(np.mean([p[k] for p in points])) for k in MEAN_KEYS}
+    return mean | {"gpu_seconds": 60 * float(np.mean([gpu_minutes(p) for p in points]))}
+
+
+def _by_label(runs: list[dict], key=lambda r: r["label"]) -> dict:
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(key(r), []).append(r)
+    return groups
+
+
+def _rows_with_means(runs: list[dict], pick, cells) -> list[str]:
+    """One row per run (``cells(label_cells, seed, point, runs)``), and after each group of runs
+    that share a label and have two or more seeds, their mean as a row "mean of N"."""
+    lines = []
+    for group in _by_label(runs).values():
+        picked = [(r, pick(r)) for r in group]
+        picked = [(r, p) for r, p in picked if p is not None]
+        lines += [_row(cells(r, r["seed"], p, [r])) for r, p in picked]
+        if len(picked) > 1:
+            rs, ps = [r for r, _ in picked], [p for _, p in picked]
+            lines.append(_row(cells(rs[0], f"mean of {len(ps)}", mean_point(ps), rs)))
+    return lines
+
+
+def fd_by_minute(runs: list[dict]) -> list[str]:
+    """Markdown rows: the FD of every run (and each label's mean over seeds) at every whole GPU
+    minute that all of them reached (each run's last evaluation at or within 1% past it)."""
+    groups = _by_label(runs)
+    columns = [f"{r['label']} {r['seed']}" for r in runs] + [f"{label} mean" for label, g in groups.items()
+                                                              if len(g) > 1]
+    lines = [_row(["GPU min", *columns]), "|---" * (1 + len(columns)) + "|"]
+    for minute in range(1, int(min(gpu_minutes(r["points"][-1]) for r in runs) * 1.01) + 1):
+        fd = {id(r): (p["fd"] if (p := at_or_before(r["points"], gpu_minutes, minute)) else float("nan"))
+              for r in runs}
+        means = [np.mean([fd[id(r)] for r in g]) for g in groups.values() if len(g) > 1]
+        lines.append(_row([minute, *(f"{fd[id(r)]:.1f}" for r in runs), *(f"{m:.1f}" for m in means)]))
+    return lines
+
+
 def table(runs: list[dict]) -> str:
     """Markdown. Per size, the DiG vs DiT runs: each run's last point, then all of them at the largest
     GPU time they all reached and at ``common_step`` (each run's last evaluation at or within 1% past
-    it). Then, per size with ablation runs (DiG with ``--model-opt``), the SREM ablation: every DiG
-    run of that size, the plain one included, at their ``common_step``."""
+    it), with the mean over seeds after each label that has more than one; then the FD at every whole
+    GPU minute. Then, per size with ablation runs (DiG with ``--model-opt``), the SREM ablation: every
+    DiG run of that size, the plain one included, at their ``common_step``, with means over seeds."""
     lines = []
     for size in sorted({r["image_size"] for r in runs}):
         rs = [r for r in runs if r["image_size"] == size and not ablation_opts(r)]
@@ -339,11 +390,9 @@ def table(runs: list[dict]) -> str:
             for what, pick in (("end", lambda r: r["points"][-1]),
                                (f"GPU {t_common:.1f} min", lambda r: at_or_before(r["points"], gpu_minutes, t_common)),
                                (f"step {s_common}", lambda r: at_or_before(r["points"], lambda p: p["step"], s_common))):
-                for r in rs:
-                    p = pick(r)
-                    if p is not None:
-                        lines.append(_row([r["label"], r["seed"], what, p["step"], f"{gpu_minutes(p):.2f}",
-                                           f"{r.get('img_per_s', float('nan')):.0f}", *_scores(p)]))
+                lines += _rows_with_means(rs, pick, lambda r, seed, p, group, what=what: [
+                    r["label"], seed, what, f"{p['step']:.0f}", f"{gpu_minutes(p):.2f}", _img_s(group), *_scores(p)])
+            lines += [f"\nFD at every GPU minute, {size} px:\n", *fd_by_minute(rs)]
         dig = ablation_runs([r for r in runs if r["image_size"] == size])
         if not dig:
             continue
@@ -351,11 +400,12 @@ def table(runs: list[dict]) -> str:
         lines += [f"\n### SREM ablation at {size} px, step {step}\n",
                   "| scan_schedule | dwconv | seed | step | img/s | accuracy | FD (floor) | precision | recall |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for r in dig:
-            p, opts = at_or_before(r["points"], lambda p: p["step"], step), ablation_opts(r)
-            if p is not None:
-                lines.append(_row([opts.get("scan_schedule", "srem"), "on" if opts.get("dwconv", True) else "off",
-                                   r["seed"], p["step"], f"{r.get('img_per_s', float('nan')):.0f}", *_scores(p)]))
+
+        def cells(r, seed, p, group):
+            opts = ablation_opts(r)
+            return [opts.get("scan_schedule", "srem"), "on" if opts.get("dwconv", True) else "off", seed,
+                    f"{p['step']:.0f}", _img_s(group), *_scores(p)]
+        lines += _rows_with_means(dig, lambda r: at_or_before(r["points"], lambda p: p["step"], step), cells)
     return "\n".join(lines)
 
 

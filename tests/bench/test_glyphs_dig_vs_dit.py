@@ -130,3 +130,41 @@ def test_a_run_of_fewer_than_two_steps_is_refused(cmp, tmp_path, steps):
                   "--batch-size", "2", "--device", "cpu", "--compile", "none", "--per-class", "1", "--sample-steps", "1",
                   "--eval-every", "0"])  # small and quick should the check ever let it run
     assert not list(tmp_path.iterdir())
+
+
+def _run(label, seed, fds, *, kind=None, opts=None, img_s=100.0):
+    """A run JSON as the script writes it: one evaluation per GPU minute, 100 steps a minute."""
+    points = [{"step": 100 * m, "gpu_seconds": 60.0 * m, "train_seconds": 60.0 * m, "accuracy": 0.02, "fd": fd,
+               "fd_real_halves": 1.0, "precision": 0.1 * seed, "recall": 0.2} for m, fd in enumerate(fds, 1)]
+    return {"label": label, "kind": kind or label, "seed": seed, "image_size": 64, "tokens": 1024,
+            "model_opts": opts or {}, "img_per_s": img_s, "points": points}
+
+
+def test_tables_give_the_mean_over_seeds_and_the_fd_at_every_minute(cmp):
+    runs = [_run("DiG", 0, [400.0, 80.0, 30.0], img_s=100), _run("DiG", 1, [300.0, 60.0, 20.0], img_s=120),
+            _run("DiT", 0, [350.0, 70.0, 40.0, 35.0])]
+    text = cmp.table(runs)
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines() if line.startswith("| ")}
+    # the mean row of DiG's two seeds at the end (minute 3): FD 25, precision 0.05, 110 img/s; DiT has one seed
+    assert rows[("DiG", "mean of 2", "end")].startswith(
+        "| DiG | mean of 2 | end | 300 | 3.00 | 110 | 2.0% | 25.00 (1.00) | 0.050 |")
+    assert not any(key[1].startswith("mean") for key in rows if key[0] == "DiT")
+    # equal steps: step 300 is the largest step all three reached
+    assert "| DiG | mean of 2 | step 300 | 300 |" in text and "| DiT | 0 | step 300 | 300 |" in text
+    # FD at every whole GPU minute the three share (DiT's fourth minute is past DiG's end)
+    minutes = text.split("FD at every GPU minute, 64 px:")[1].strip().splitlines()
+    assert minutes[0] == "| GPU min | DiG 0 | DiG 1 | DiT 0 | DiG mean |"
+    assert minutes[2:] == ["| 1 | 400.0 | 300.0 | 350.0 | 350.0 |", "| 2 | 80.0 | 60.0 | 70.0 | 70.0 |",
+                           "| 3 | 30.0 | 20.0 | 40.0 | 25.0 |"]
+
+
+def test_ablation_table_gives_the_mean_over_seeds_per_option_set(cmp):
+    runs = [_run("DiG", 0, [50.0]), _run("DiG", 1, [30.0]),
+            _run("DiG-dwconv=False", 0, [20.0], kind="DiG", opts={"dwconv": False}),
+            _run("DiG-dwconv=False", 1, [24.0], kind="DiG", opts={"dwconv": False}),
+            _run("DiG-scan_schedule=flip", 0, [45.0], kind="DiG", opts={"scan_schedule": "flip"})]
+    ablation = cmp.table(runs).split("### SREM ablation at 64 px, step 100")[1]
+    means = [line for line in ablation.splitlines() if "mean of" in line]
+    assert [m.split(" | ")[:3] + [m.split(" | ")[6]] for m in means] == [
+        ["| srem", "on", "mean of 2", "40.00 (1.00)"], ["| srem", "off", "mean of 2", "22.00 (1.00)"]]
+    assert "| flip | on | 0 | 100 |" in ablation
