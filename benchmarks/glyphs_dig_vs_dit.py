@@ -337,16 +337,17 @@ def mean_point(points: list[dict]) -> dict:
     return mean | {"gpu_seconds": 60 * float(np.mean([gpu_minutes(p) for p in points]))}
 
 
-def _by_label(runs: list[dict], key=lambda r: r["label"]) -> dict:
+def _by_label(runs: list[dict]) -> dict[str, list[dict]]:
     groups: dict = {}
     for r in runs:
-        groups.setdefault(key(r), []).append(r)
+        groups.setdefault(r["label"], []).append(r)
     return groups
 
 
 def _rows_with_means(runs: list[dict], pick, cells) -> list[str]:
-    """One row per run (``cells(label_cells, seed, point, runs)``), and after each group of runs
-    that share a label and have two or more seeds, their mean as a row "mean of N"."""
+    """One row per run, ``cells(run, seed, point, group)`` with ``point = pick(run)`` (runs where it is
+    None left out); after each group of runs that share a label and have two or more such points,
+    their mean as a row: ``cells(first run, "mean of N", mean_point(points), group)``."""
     lines = []
     for group in _by_label(runs).values():
         picked = [(r, pick(r)) for r in group]
