@@ -168,3 +168,20 @@ def test_ablation_table_gives_the_mean_over_seeds_per_option_set(cmp):
     assert [m.split(" | ")[:3] + [m.split(" | ")[6]] for m in means] == [
         ["| srem", "on", "mean of 2", "40.00 (1.00)"], ["| srem", "off", "mean of 2", "22.00 (1.00)"]]
     assert "| flip | on | 0 | 100 |" in ablation
+
+
+def test_equal_steps_on_a_clock_take_each_runs_evaluation_nearest_the_common_step(cmp):
+    """Runs evaluated every GPU minute reach a step at different evaluations: the faster run's point
+    just past the slower run's last step is the equal-step one, not its point a minute earlier."""
+    dig = _run("DiG", 0, [300.0, 200.0, 150.0])
+    for p, step in zip(dig["points"], (268, 535, 1068)):
+        p["step"] = step
+    dit = _run("DiT", 0, [350.0, 280.0, 180.0])
+    for p, step in zip(dit["points"], (213, 423, 1052)):
+        p["step"] = step
+    text = cmp.table([dig, dit])
+    assert "| DiG | 0 | step 1052 | 1068 | 3.00 | 100 | 2.0% | 150.00 (1.00) |" in text
+    assert "| DiT | 0 | step 1052 | 1052 |" in text
+    # nothing within 3% of the step: no row rather than a point far from it
+    dig["points"][2]["step"] = 1200
+    assert "| DiG | 0 | step 1052 |" not in cmp.table([dig, dit])
