@@ -384,9 +384,10 @@ def fd_by_minute(runs: list[dict]) -> list[str]:
 def table(runs: list[dict]) -> str:
     """Markdown. Per size, the DiG vs DiT runs: each run's last point, then all of them at the largest
     GPU time they all reached (each run's last evaluation at or within 1% past it) and at
-    ``common_step`` (each run's evaluation ``nearest`` it, its step printed), with the mean over seeds after each label that has more than one; then the FD at every whole
-    GPU minute. Then, per size with ablation runs (DiG with ``--model-opt``), the SREM ablation: every
-    DiG run of that size, the plain one included, at their ``common_step``, with means over seeds."""
+    ``common_step`` (each run's evaluation ``nearest`` it, its step printed), with the mean over seeds
+    after each label that has more than one; then the FD at every whole GPU minute. Then, per size
+    with ablation runs (DiG with ``--model-opt``), the SREM ablation: every DiG run of that size, the
+    plain one included, at their ``common_step`` (picked the same way), with means over seeds."""
     lines = []
     for size in sorted({r["image_size"] for r in runs}):
         rs = [r for r in runs if r["image_size"] == size and not ablation_opts(r)]
@@ -413,7 +414,7 @@ def table(runs: list[dict]) -> str:
             opts = ablation_opts(r)
             return [opts.get("scan_schedule", "srem"), "on" if opts.get("dwconv", True) else "off", seed,
                     f"{p['step']:.0f}", _img_s(group), *_scores(p)]
-        lines += _rows_with_means(dig, lambda r: at_or_before(r["points"], lambda p: p["step"], step), cells)
+        lines += _rows_with_means(dig, lambda r: nearest(r["points"], lambda p: p["step"], step), cells)
     return "\n".join(lines)
 
 
