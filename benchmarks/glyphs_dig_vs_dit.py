@@ -292,11 +292,11 @@ def at_or_before(points: list[dict], key, limit: float) -> dict | None:
     return inside[-1] if inside else None
 
 
-def nearest(points: list[dict], key, target: float, slack: float = 0.03) -> dict | None:
-    """The point whose ``key(point)`` is nearest ``target``, either side, if within ``slack`` of it
-    (runs evaluated on a clock reach a given step at different evaluations), else None."""
-    best = min(points, key=lambda p: abs(key(p) - target))
-    return best if abs(key(best) - target) <= slack * target else None
+def nearest_step(points: list[dict], step: int, slack: float = 0.03) -> dict | None:
+    """The point whose step is nearest ``step``, either side, if within ``slack`` of it (runs
+    evaluated on a clock reach a given step at different evaluations), else None."""
+    best = min(points, key=lambda p: abs(p["step"] - step))
+    return best if abs(best["step"] - step) <= slack * step else None
 
 
 def ablation_opts(run: dict) -> dict:
@@ -384,10 +384,11 @@ def fd_by_minute(runs: list[dict]) -> list[str]:
 def table(runs: list[dict]) -> str:
     """Markdown. Per size, the DiG vs DiT runs: each run's last point, then all of them at the largest
     GPU time they all reached (each run's last evaluation at or within 1% past it) and at
-    ``common_step`` (each run's evaluation ``nearest`` it, its step printed), with the mean over seeds
-    after each label that has more than one; then the FD at every whole GPU minute. Then, per size
-    with ablation runs (DiG with ``--model-opt``), the SREM ablation: every DiG run of that size, the
-    plain one included, at their ``common_step`` (picked the same way), with means over seeds."""
+    ``common_step`` (each run's evaluation nearest it, ``nearest_step``, its step printed), with the
+    mean over seeds after each label that has more than one; then the FD at every whole GPU minute.
+    Then, per size with ablation runs (DiG with ``--model-opt``), the SREM ablation: every DiG run of
+    that size, the plain one included, at their ``common_step`` (picked the same way), with means over
+    seeds."""
     lines = []
     for size in sorted({r["image_size"] for r in runs}):
         rs = [r for r in runs if r["image_size"] == size and not ablation_opts(r)]
@@ -398,7 +399,7 @@ def table(runs: list[dict]) -> str:
             t_common, s_common = min(gpu_minutes(r["points"][-1]) for r in rs), common_step(rs)
             for what, pick in (("end", lambda r: r["points"][-1]),
                                (f"GPU {t_common:.1f} min", lambda r: at_or_before(r["points"], gpu_minutes, t_common)),
-                               (f"step {s_common}", lambda r: nearest(r["points"], lambda p: p["step"], s_common))):
+                               (f"step {s_common}", lambda r: nearest_step(r["points"], s_common))):
                 lines += _rows_with_means(rs, pick, lambda r, seed, p, group, what=what: [
                     r["label"], seed, what, f"{p['step']:.0f}", f"{gpu_minutes(p):.2f}", _img_s(group), *_scores(p)])
             lines += [f"\nFD at every GPU minute, {size} px:\n", *fd_by_minute(rs)]
@@ -414,7 +415,7 @@ def table(runs: list[dict]) -> str:
             opts = ablation_opts(r)
             return [opts.get("scan_schedule", "srem"), "on" if opts.get("dwconv", True) else "off", seed,
                     f"{p['step']:.0f}", _img_s(group), *_scores(p)]
-        lines += _rows_with_means(dig, lambda r: nearest(r["points"], lambda p: p["step"], step), cells)
+        lines += _rows_with_means(dig, lambda r: nearest_step(r["points"], step), cells)
     return "\n".join(lines)
 
 
